@@ -1,0 +1,231 @@
+// Advantage kernels for ppo_gae.py (GAE) and p3o.py (P3O).
+//
+// Memory layout: float32, contiguous, row-major, the env index fastest everywhere,
+// so that neighbouring threads (neighbouring envs) read neighbouring addresses.
+//   per-step arrays     [T, N]      element (t, env)     at  t * N + env
+//   per-horizon arrays  [T, H, N]   element (t, k, env)  at  (t * H + k) * N + env
+//   bootstrap mu        [H, N]      element (k, env)     at  k * N + env
+// Flags (terminations, truncations) are 0.0 / 1.0 floats: flag[t, env] says that the step
+// taken at t ended the episode.
+//
+// The same source builds two ways (see p3o_kernel_loader.py): with nvcc, where the per-element
+// functions run inside CUDA kernels, and with a plain C++ compiler, where they run in a host
+// loop. Both call the very same functions below, so the CPU build checks the GPU arithmetic.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#ifdef __CUDACC__
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define HOST_DEVICE __host__ __device__
+#else
+#define HOST_DEVICE
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// GAE: one env, walked backwards over the rollout.
+//   delta_t = r_t + gamma * V(s_{t+1}) * [not terminated] - V(s_t)
+//   A_t     = delta_t + gamma * lambda * A_{t+1} * [episode did not end at t]
+// After a truncation, V(s_{t+1}) is final_values[t, env], the value of the final observation.
+// ---------------------------------------------------------------------------------------------
+HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
+                                const float* rewards, const float* values,
+                                const float* terminations, const float* truncations,
+                                const float* next_value, const float* final_values,
+                                float* advantages) {
+    float next_v = next_value[env];  // V of the observation after the rollout
+    float next_adv = 0.0f;
+    for (int t = T - 1; t >= 0; --t) {
+        const int i = t * N + env;
+        float bootstrap = next_v;
+        float carry = next_adv;
+        if (terminations[i] != 0.0f) {
+            bootstrap = 0.0f;
+            carry = 0.0f;
+        } else if (truncations[i] != 0.0f) {
+            bootstrap = final_values[i];
+            carry = 0.0f;
+        }
+        const float delta = rewards[i] + gamma * bootstrap - values[i];
+        next_adv = delta + gamma * lam * carry;
+        advantages[i] = next_adv;
+        next_v = values[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// P3O: one (t, env) row over the horizon k = 0 .. H-1.
+//   y_{t+k} = r_{t+k}                 inside the rollout, same episode        (known)
+//           = 0                       after a termination                     (known)
+//           = mu_next[t+k-T]          past the rollout's end (bootstrap)      (not known)
+//   the row stops after a truncation: later k are neither known nor used.
+//   A_t = sum_k lambda[k] * (y_{t+k} - mu_t[k]) / norm_t,
+//   norm_t = sum (or max) of lambda[k] over the row's usable k; A_t = 0 where norm_t = 0.
+// precision holds lambda: one value per k ([H]) or one per (t, k, env) ([T, H, N]).
+// ---------------------------------------------------------------------------------------------
+HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
+                                bool per_state_precision, bool normalize_max,
+                                const float* rewards, const float* terminations,
+                                const float* truncations, const float* mu,
+                                const float* mu_next, const float* precision,
+                                float* advantages, float* targets, float* known) {
+    float weighted_error = 0.0f;
+    float norm = 0.0f;
+    bool terminated = false;  // a termination inside the row: the rest is known zeros
+    bool stopped = false;     // a truncation inside the row: the rest is unknown
+    for (int k = 0; k < H; ++k) {
+        const int o = (t * H + k) * N + env;
+        if (stopped) {
+            targets[o] = 0.0f;
+            known[o] = 0.0f;
+            continue;
+        }
+        const int j = t + k;  // the step whose reward mu_t[k] predicts
+        float y;
+        float is_known = 1.0f;
+        if (terminated) {
+            y = 0.0f;
+        } else if (j < T) {
+            y = rewards[j * N + env];
+            if (terminations[j * N + env] != 0.0f) terminated = true;
+            else if (truncations[j * N + env] != 0.0f) stopped = true;
+        } else {
+            y = mu_next[(j - T) * N + env];
+            is_known = 0.0f;
+        }
+        const float lambda_k = per_state_precision ? precision[o] : precision[k];
+        weighted_error += lambda_k * (y - mu[o]);
+        norm = normalize_max ? fmaxf(norm, lambda_k) : norm + lambda_k;
+        targets[o] = y;
+        known[o] = is_known;
+    }
+    advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
+}
+
+#ifdef __CUDACC__
+__global__ void gae_kernel(int T, int N, float gamma, float lam, const float* rewards,
+                           const float* values, const float* terminations,
+                           const float* truncations, const float* next_value,
+                           const float* final_values, float* advantages) {
+    const int env = blockIdx.x * blockDim.x + threadIdx.x;
+    if (env < N)
+        gae_env(env, T, N, gamma, lam, rewards, values, terminations, truncations, next_value,
+                final_values, advantages);
+}
+
+__global__ void p3o_kernel(int T, int N, int H, bool per_state_precision, bool normalize_max,
+                           const float* rewards, const float* terminations,
+                           const float* truncations, const float* mu, const float* mu_next,
+                           const float* precision, float* advantages, float* targets,
+                           float* known) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // = t * N + env
+    if (idx < T * N)
+        p3o_row(idx / N, idx % N, T, N, H, per_state_precision, normalize_max, rewards,
+                terminations, truncations, mu, mu_next, precision, advantages, targets, known);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Python bindings: shape checks, then the CUDA kernel or the host loop by the tensors' device.
+// ---------------------------------------------------------------------------------------------
+static void check_tensor(const torch::Tensor& x, const char* name, at::IntArrayRef shape,
+                         const torch::Device& device) {
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, name, " must be float32, got ", x.scalar_type());
+    TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+    TORCH_CHECK(x.sizes() == shape, name, " must have shape ", shape, ", got ", x.sizes());
+    TORCH_CHECK(x.device() == device, name, " is on ", x.device(), ", expected ", device);
+#ifndef __CUDACC__
+    TORCH_CHECK(!x.is_cuda(), "this build of p3o_kernel.cu is the CPU build; ", name,
+                " is a CUDA tensor");
+#endif
+}
+
+torch::Tensor gae(torch::Tensor rewards, torch::Tensor values, torch::Tensor terminations,
+                  torch::Tensor truncations, torch::Tensor next_value, torch::Tensor final_values,
+                  double gamma, double lam) {
+    TORCH_CHECK(rewards.dim() == 2, "rewards must be [T, N], got ", rewards.sizes());
+    const int T = rewards.size(0), N = rewards.size(1);
+    const auto device = rewards.device();
+    check_tensor(rewards, "rewards", {T, N}, device);
+    check_tensor(values, "values", {T, N}, device);
+    check_tensor(terminations, "terminations", {T, N}, device);
+    check_tensor(truncations, "truncations", {T, N}, device);
+    check_tensor(next_value, "next_value", {N}, device);
+    check_tensor(final_values, "final_values", {T, N}, device);
+    auto advantages = torch::empty_like(rewards);
+#ifdef __CUDACC__
+    if (rewards.is_cuda()) {
+        const c10::cuda::CUDAGuard guard(device);
+        const int threads = 256;
+        gae_kernel<<<(N + threads - 1) / threads, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            T, N, (float)gamma, (float)lam, rewards.data_ptr<float>(), values.data_ptr<float>(),
+            terminations.data_ptr<float>(), truncations.data_ptr<float>(),
+            next_value.data_ptr<float>(), final_values.data_ptr<float>(),
+            advantages.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return advantages;
+    }
+#endif
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t env = begin; env < end; ++env)
+            gae_env(env, T, N, (float)gamma, (float)lam, rewards.data_ptr<float>(),
+                    values.data_ptr<float>(), terminations.data_ptr<float>(),
+                    truncations.data_ptr<float>(), next_value.data_ptr<float>(),
+                    final_values.data_ptr<float>(), advantages.data_ptr<float>());
+    });
+    return advantages;
+}
+
+std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor terminations,
+                                         torch::Tensor truncations, torch::Tensor mu,
+                                         torch::Tensor mu_next, torch::Tensor precision,
+                                         bool normalize_max) {
+    TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", mu.sizes());
+    const int T = mu.size(0), H = mu.size(1), N = mu.size(2);
+    const auto device = mu.device();
+    check_tensor(rewards, "rewards", {T, N}, device);
+    check_tensor(terminations, "terminations", {T, N}, device);
+    check_tensor(truncations, "truncations", {T, N}, device);
+    check_tensor(mu, "mu", {T, H, N}, device);
+    check_tensor(mu_next, "mu_next", {H, N}, device);
+    const bool per_state = precision.dim() == 3;
+    check_tensor(precision, "precision", per_state ? at::IntArrayRef({T, H, N}) : at::IntArrayRef({H}),
+                 device);
+    auto advantages = torch::empty_like(rewards);
+    auto targets = torch::empty_like(mu);
+    auto known = torch::empty_like(mu);
+#ifdef __CUDACC__
+    if (mu.is_cuda()) {
+        const c10::cuda::CUDAGuard guard(device);
+        const int threads = 256;
+        p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
+                     c10::cuda::getCurrentCUDAStream()>>>(
+            T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
+            terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
+            mu_next.data_ptr<float>(), precision.data_ptr<float>(), advantages.data_ptr<float>(),
+            targets.data_ptr<float>(), known.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return {advantages, targets, known};
+    }
+#endif
+    at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t idx = begin; idx < end; ++idx)
+            p3o_row(idx / N, idx % N, T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
+                    terminations.data_ptr<float>(), truncations.data_ptr<float>(),
+                    mu.data_ptr<float>(), mu_next.data_ptr<float>(), precision.data_ptr<float>(),
+                    advantages.data_ptr<float>(), targets.data_ptr<float>(),
+                    known.data_ptr<float>());
+    });
+    return {advantages, targets, known};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("gae", &gae, "GAE advantages [T, N]", py::arg("rewards"), py::arg("values"),
+          py::arg("terminations"), py::arg("truncations"), py::arg("next_value"),
+          py::arg("final_values"), py::arg("gamma"), py::arg("lam"));
+    m.def("p3o_advantage", &p3o_advantage,
+          "P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N]",
+          py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu"),
+          py::arg("mu_next"), py::arg("precision"), py::arg("normalize_max"));
+}

@@ -1,0 +1,80 @@
+"""End-to-end: both training scripts run a couple of updates on real Breakout, and bad input fails fast."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--device", "cpu"]
+
+
+def run(script, *flags, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *flags], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+CLEANRL_METRICS = {
+    "charts/SPS",
+    "charts/learning_rate",
+    "losses/value_loss",
+    "losses/policy_loss",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/clipfrac",
+    "losses/explained_variance",
+}
+
+
+@pytest.mark.parametrize("script,extra", [("ppo_gae.py", []), ("p3o.py", ["--horizon", "64"])])
+def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
+    result = run(script, *TINY, *extra, "--save-model", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Using device: cpu" in result.stdout
+    assert "step        128/128" in result.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    tags = scalars(run_dir)
+    assert CLEANRL_METRICS <= tags
+    if script == "p3o.py":
+        assert {"p3o/sigma_r", "p3o/effective_horizon", "p3o/sigma/k000", "p3o/weight/k063"} <= tags
+    checkpoint = next(run_dir.glob("*.pt"))
+    evaluation = run(script, "--eval-checkpoint", str(checkpoint), "--eval-episodes", "1", "--device", "cpu", cwd=tmp_path)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    assert "Breakout: 1 games, score" in evaluation.stdout
+
+
+@pytest.mark.parametrize(
+    "script,flags,message",
+    [
+        ("ppo_gae.py", ["--env-id", "Breakuot"], "Did you mean Breakout"),
+        ("ppo_gae.py", ["--num-envs", "0"], "--num-envs must be at least 1"),
+        ("ppo_gae.py", ["--gamma", "1.5"], "--gamma must be in (0, 1]"),
+        ("ppo_gae.py", ["--num-minibatches", "3"], "must divide num_envs * num_steps"),
+        ("p3o.py", ["--horizon", "0"], "--horizon must be at least 1"),
+        ("p3o.py", ["--chance-coef", "1.5"], "--chance-coef must be in [0, 1]"),
+        ("p3o.py", ["--normalization", "mean"], "invalid choice 'mean'"),
+        ("p3o.py", ["--gamma", "0.99"], "--gamma"),  # P3O has no gamma
+    ],
+)
+def test_bad_arguments_fail_with_a_clear_message(tmp_path, script, flags, message):
+    result = run(script, *flags, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_request_without_gpu_fails_clearly(tmp_path):
+    result = run("p3o.py", "--device", "cuda", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "PyTorch sees no CUDA GPU" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -149,7 +149,13 @@ def resolve_env_id(env_id: str) -> tuple[str, str]:
     atari_games = sorted({spec.name for spec in gym.registry.values() if spec.namespace == "ALE"})
     if game in atari_games:
         return "atari", f"ALE/{game}-v5"
-    if env_id in gym.registry or ":" in env_id:  # ":" lets gymnasium import the env's module
+    if env_id in gym.registry:
+        return "gym", env_id
+    if ":" in env_id:  # "module:EnvName-v0": gymnasium imports the module, which registers the env
+        try:
+            gym.spec(env_id)
+        except Exception as error:
+            sys.exit(f"error: cannot load --env-id '{env_id}': {error}")
         return "gym", env_id
     close = difflib.get_close_matches(game, atari_games, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(close)}?" if close else " e.g. Breakout, Pong, SpaceInvaders."
@@ -269,7 +275,8 @@ class Agent(nn.Module):
 
 def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
-    envs = gym.vector.AsyncVectorEnv(
+    vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
+    envs = vector_env(
         [make_env(kind, env_id, args.sticky_actions) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # obs after a done step is the new episode's first
     )

@@ -5,8 +5,8 @@
     kernels.gae(...), kernels.p3o_advantage(...)
 
 PyTorch's extension loader sends `.cu` files to nvcc, which a CPU-only PyTorch cannot link
-against, so the CPU build compiles a one-line C++ file that #includes p3o_kernel.cu. Without
-nvcc's __CUDACC__ the source compiles its host loops only, around the same per-element code.
+against, so the CPU build hands the text of p3o_kernel.cu to the C++ compiler as a .cpp file.
+Without nvcc's __CUDACC__ the source compiles its host loops only, around the same per-element code.
 
 The first build takes about a minute; later runs load the cached library in well under a second.
 Builds are cached under $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions) and rebuilt
@@ -14,7 +14,6 @@ when p3o_kernel.cu changes.
 """
 
 import functools
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -55,10 +54,10 @@ def load_kernels(device: torch.device):
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3"],
         )
-    # The source's hash goes into the wrapper, so editing p3o_kernel.cu triggers a rebuild.
-    source_hash = hashlib.sha256(KERNEL_SOURCE.read_bytes()).hexdigest()[:16]
+    # The source's text itself goes into the C++ build (not an #include of its path), so that
+    # checkouts at different paths share one cached build and editing the .cu triggers a rebuild.
     return cpp_extension.load_inline(
         name="p3o_kernel_cpu",
-        cpp_sources=[f'// p3o_kernel.cu sha256 {source_hash}\n#include "{KERNEL_SOURCE}"\n'],
+        cpp_sources=[f'#line 1 "{KERNEL_SOURCE.name}"\n' + KERNEL_SOURCE.read_text()],
         extra_cflags=["-O3"],
     )

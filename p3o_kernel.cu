@@ -129,12 +129,22 @@ __global__ void p3o_kernel(int T, int N, int H, bool per_state_precision, bool n
 // ---------------------------------------------------------------------------------------------
 // Python bindings: shape checks, then the CUDA kernel or the host loop by the tensors' device.
 // ---------------------------------------------------------------------------------------------
+// Messages are built from std::string only: streaming IntArrayRef or Device into TORCH_CHECK
+// crashed (segfault) under one torch 2.11 + g++ 13 toolchain instead of raising.
+static std::string shape_str(at::IntArrayRef shape) {
+    std::string out = "[";
+    for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+    return out + "]";
+}
+
 static void check_tensor(const torch::Tensor& x, const char* name, at::IntArrayRef shape,
                          const torch::Device& device) {
-    TORCH_CHECK(x.scalar_type() == torch::kFloat32, name, " must be float32, got ", x.scalar_type());
+    TORCH_CHECK(x.scalar_type() == torch::kFloat32, name, " must be float32, got ",
+                std::string(c10::toString(x.scalar_type())));
     TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
-    TORCH_CHECK(x.sizes() == shape, name, " must have shape ", shape, ", got ", x.sizes());
-    TORCH_CHECK(x.device() == device, name, " is on ", x.device(), ", expected ", device);
+    TORCH_CHECK(x.sizes() == shape, name, " must have shape ", shape_str(shape), ", got ",
+                shape_str(x.sizes()));
+    TORCH_CHECK(x.device() == device, name, " is on ", x.device().str(), ", expected ", device.str());
 #ifndef __CUDACC__
     TORCH_CHECK(!x.is_cuda(), "this build of p3o_kernel.cu is the CPU build; ", name,
                 " is a CUDA tensor");
@@ -144,7 +154,7 @@ static void check_tensor(const torch::Tensor& x, const char* name, at::IntArrayR
 torch::Tensor gae(torch::Tensor rewards, torch::Tensor values, torch::Tensor terminations,
                   torch::Tensor truncations, torch::Tensor next_value, torch::Tensor final_values,
                   double gamma, double lam) {
-    TORCH_CHECK(rewards.dim() == 2, "rewards must be [T, N], got ", rewards.sizes());
+    TORCH_CHECK(rewards.dim() == 2, "rewards must be [T, N], got ", shape_str(rewards.sizes()));
     const int T = rewards.size(0), N = rewards.size(1);
     const auto device = rewards.device();
     check_tensor(rewards, "rewards", {T, N}, device);
@@ -181,7 +191,7 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
                                          torch::Tensor truncations, torch::Tensor mu,
                                          torch::Tensor mu_next, torch::Tensor precision,
                                          bool normalize_max) {
-    TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", mu.sizes());
+    TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", shape_str(mu.sizes()));
     const int T = mu.size(0), H = mu.size(1), N = mu.size(2);
     const auto device = mu.device();
     check_tensor(rewards, "rewards", {T, N}, device);

@@ -1,0 +1,154 @@
+"""Slow, obviously-correct references for the advantage kernels in p3o_kernel.cu.
+
+Written straight from the maths (see P3O.md and the comments in p3o_kernel.cu), in float64 with
+explicit Python loops and no vectorisation, so that a reader can check them line by line. The
+tests compare the CPU and CUDA builds of the kernel against these.
+
+Conventions shared with the kernel:
+  per-step arrays    [T, N]     (t, env)
+  per-horizon arrays [T, H, N]  (t, k, env)
+  flags are 0/1: flag[t, env] says that the step taken at t ended the episode.
+  If a step is flagged both terminated and truncated, termination wins (the future is known to
+  be zero), as in Gymnasium, where `terminated` takes precedence over `truncated`.
+"""
+
+import torch
+
+
+def _f64(x):
+    return torch.as_tensor(x, dtype=torch.float64).cpu()
+
+
+def gae_reference(rewards, values, terminations, truncations, next_value, final_values, gamma, lam):
+    """GAE advantages [T, N], by the forward-sum definition.
+
+        delta_j = r_j + gamma * V_next(j) - V(s_j), where
+            V_next(j) = 0                    if the step taken at j terminated the episode
+                      = final_values[j]      if it was truncated (value of the final observation)
+                      = values[j + 1]        otherwise, inside the rollout
+                      = next_value           otherwise, at the rollout's last step j = T - 1
+        A_t = sum_{l = 0}^{L} (gamma * lam)^l * delta_{t + l}
+    where t + L is the first step at or after t that ends the episode (terminated or truncated),
+    or T - 1 if none does before the rollout ends.
+
+    This is deliberately not the kernel's backward recursion A_t = delta_t + gamma*lam*A_{t+1}.
+
+    rewards, values, terminations, truncations, final_values: [T, N]; next_value: [N].
+    Returns float64 [T, N].
+    """
+    T, N = _f64(rewards).shape
+    # Nested Python lists, only so that the loops run fast enough.
+    rewards, values, terminations, truncations, next_value, final_values = (
+        _f64(x).tolist() for x in (rewards, values, terminations, truncations, next_value, final_values)
+    )
+
+    def delta(j, env):
+        if terminations[j][env] != 0:
+            v_next = 0.0
+        elif truncations[j][env] != 0:
+            v_next = final_values[j][env]
+        elif j + 1 < T:
+            v_next = values[j + 1][env]
+        else:
+            v_next = next_value[env]
+        return rewards[j][env] + gamma * v_next - values[j][env]
+
+    advantages = torch.zeros(T, N, dtype=torch.float64)
+    for env in range(N):
+        for t in range(T):
+            total = 0.0
+            for j in range(t, T):  # j = t + l
+                total += (gamma * lam) ** (j - t) * delta(j, env)
+                if terminations[j][env] != 0 or truncations[j][env] != 0:
+                    break  # the episode ended at step j: nothing after it belongs to A_t
+            advantages[t, env] = total
+    return advantages
+
+
+def p3o_reference(rewards, terminations, truncations, mu, mu_next, precision, normalize):
+    """P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N].
+
+    For each row (t, env) and k = 0 .. H-1, with j = t + k (the step mu[t, k, env] predicts):
+      - the episode ended by termination at some step t .. j-1:
+                                                        y = 0,               known = 1, usable
+        (this holds past the rollout's end too: the future of a terminated episode is known)
+      - it ended by truncation at some step t .. j-1:   target 0, known = 0, NOT usable
+        (the row stops; the truncated step's own reward still counts, known)
+      - else j < T:                                     y = rewards[j],      known = 1, usable
+      - else (past the rollout's end):                  y = mu_next[j - T],  known = 0, usable
+        (bootstrap from the prediction made at the observation that follows the rollout)
+    lambda_k = precision[k] (precision [H]) or precision[t, k, env] (precision [T, H, N]).
+        A[t, env] = sum over usable k of lambda_k * (y - mu[t, k, env]) / norm,
+        norm = sum (normalize='sum') or max (normalize='max') of lambda_k over usable k,
+        A = 0 where norm == 0.
+
+    rewards, terminations, truncations: [T, N]; mu: [T, H, N]; mu_next: [H, N];
+    precision: [H] or [T, H, N]. Returns float64 tensors.
+    (Inputs are turned into nested Python lists first, only so that the loops run fast enough.)
+    """
+    if normalize not in ("sum", "max"):
+        raise ValueError(f"normalize must be 'sum' or 'max', got {normalize!r}")
+    T, H, N = _f64(mu).shape
+    per_state = _f64(precision).dim() == 3
+    rewards, terminations, truncations = (_f64(x).tolist() for x in (rewards, terminations, truncations))
+    mu, mu_next, precision = (_f64(x).tolist() for x in (mu, mu_next, precision))
+
+    advantages = torch.zeros(T, N, dtype=torch.float64)
+    targets = torch.zeros(T, H, N, dtype=torch.float64)
+    known = torch.zeros(T, H, N, dtype=torch.float64)
+    for env in range(N):
+        for t in range(T):
+            usable_lambdas = []
+            weighted_error = 0.0
+            for k in range(H):
+                j = t + k
+                # How did the episode end, if it ended at some step t .. j-1 inside the rollout?
+                # The first such step decides (termination wins if both flags are set there).
+                ended_by = None
+                for i in range(t, min(j, T)):
+                    if terminations[i][env] != 0:
+                        ended_by = "termination"
+                        break
+                    if truncations[i][env] != 0:
+                        ended_by = "truncation"
+                        break
+                if ended_by == "truncation":
+                    targets[t, k, env] = 0.0
+                    known[t, k, env] = 0.0
+                    continue  # the row has stopped: not usable
+                if ended_by == "termination":
+                    y, is_known = 0.0, 1.0
+                elif j < T:
+                    y, is_known = rewards[j][env], 1.0
+                else:
+                    y, is_known = mu_next[j - T][env], 0.0
+                lam_k = precision[t][k][env] if per_state else precision[k]
+                weighted_error += lam_k * (y - mu[t][k][env])
+                usable_lambdas.append(lam_k)
+                targets[t, k, env] = y
+                known[t, k, env] = is_known
+            if normalize == "sum":
+                norm = sum(usable_lambdas)
+            else:
+                norm = max(usable_lambdas, default=0.0)
+            advantages[t, env] = weighted_error / norm if norm > 0 else 0.0
+    return advantages, targets, known
+
+
+def precision_weights(sigma, sigma_r, c):
+    """P3O weights lambda = max(0, 1 / sigma^2 - c / sigma_r^2), elementwise.
+
+    sigma: the learned standard deviations, any shape ([H] or [T, H, N]); a tensor or a number.
+    sigma_r: the chance-level standard deviation (std of the batch's one-step rewards), a number
+        or a 0-d tensor. If sigma_r == 0 the chance term is dropped: lambda = 1 / sigma^2.
+    c: the chance coefficient, in [0, 1].
+    Computed in float64; returned in sigma's dtype if it is a floating tensor, else float64.
+    """
+    sigma_t = sigma if isinstance(sigma, torch.Tensor) else torch.as_tensor(sigma, dtype=torch.float64)
+    out_dtype = sigma_t.dtype if sigma_t.is_floating_point() else torch.float64
+    s = sigma_t.to(torch.float64)
+    sigma_r = float(sigma_r)
+    precision = 1.0 / s**2
+    if sigma_r != 0.0:
+        precision = precision - c / sigma_r**2
+    return torch.clamp(precision, min=0.0).to(out_dtype)

@@ -5,7 +5,7 @@
 
 The critic predicts each of the next H rewards as a Gaussian (mean mu[k], std sigma[k]), trained by
 Gaussian negative log-likelihood. The advantage weighs each future step's surprise by how much
-better than chance its reward is predicted: no gamma, no lambda (see P3O.md in the README).
+better than chance its reward is predicted: no gamma, no lambda (the README has the equations).
 The file reads top to bottom: arguments, environment, agent, then the training loop
 (rollout, advantage, update, logging). It is ppo_gae.py with the algorithm changed;
 `diff ppo_gae.py p3o.py` shows exactly what P3O changes.
@@ -289,6 +289,12 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.value_head(hidden)
 
 
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var(y_true - y_pred) / Var(y_true): 1 is a perfect prediction, 0 no better than the mean."""
+    var_y = torch.var(y_true).item()
+    return np.nan if var_y == 0 else 1 - torch.var(y_true - y_pred).item() / var_y
+
+
 def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
     vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
@@ -476,10 +482,6 @@ if __name__ == "__main__":
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
-
-        def explained_variance(y_pred, y_true):
-            var_y = torch.var(y_true).item()
-            return np.nan if var_y == 0 else 1 - torch.var(y_true - y_pred).item() / var_y
 
         explained_var_mu0 = explained_variance(b_mus[:, 0], b_targets[:, 0])  # mu_t[0] against r_t
         explained_var = explained_variance(b_mus.sum(1), b_targets.sum(1))  # against the H-step return

@@ -273,6 +273,12 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
 
 
+def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
+    """1 - Var(y_true - y_pred) / Var(y_true): 1 is a perfect prediction, 0 no better than the mean."""
+    var_y = torch.var(y_true).item()
+    return np.nan if var_y == 0 else 1 - torch.var(y_true - y_pred).item() / var_y
+
+
 def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
     vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
@@ -466,9 +472,7 @@ if __name__ == "__main__":
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        explained_var = explained_variance(b_values, b_returns)
 
         # Logging
         sps = int(global_step / (time.time() - start_time))

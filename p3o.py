@@ -12,6 +12,7 @@ The file reads top to bottom: arguments, environment, agent, then the training l
 """
 
 import difflib
+import importlib
 import os
 import random
 import sys
@@ -156,9 +157,11 @@ def resolve_env_id(env_id: str) -> tuple[str, str]:
         return "atari", f"ALE/{game}-v5"
     if env_id in gym.registry:
         return "gym", env_id
-    if ":" in env_id:  # "module:EnvName-v0": gymnasium imports the module, which registers the env
+    if ":" in env_id:  # "module:EnvName-v0": importing the module registers the env, as in gym.make
+        module, _, name = env_id.partition(":")
         try:
-            gym.spec(env_id)
+            importlib.import_module(module)
+            gym.spec(name)
         except Exception as error:
             sys.exit(f"error: cannot load --env-id '{env_id}': {error}")
         return "gym", env_id

@@ -1,0 +1,237 @@
+"""TwoHorizons: a task where the credit horizon decides what is learned.
+
+    import scripts.two_horizons                       # registers the ids below
+    env = gymnasium.make("TwoHorizons-v0", far_delay=50)
+    python p3o.py --env-id scripts.two_horizons:TwoHorizons-far100-v0 ...   # from the repository root
+
+Each step the agent picks one of two actions:
+
+    0 "collect": a reward of +1 arrives exactly `near_delay` steps later (default 3): collecting at
+                 step t pays in the reward returned by step t + near_delay.
+    1 "invest":  adds 1 to a progress counter. On the step the counter reaches `far_delay` (default
+                 100) that step pays `far_reward` (default 2 * far_delay) and the counter goes back to 0.
+                 Collecting does not reset the counter, so random play finds the far reward too.
+
+Investing is worth far_reward / far_delay = 2 per step against 1 per step for collecting, but it is
+paid up to far_delay steps after the action that earns it (the first invest of a cycle is paid
+far_delay - 1 steps later). A learner that credits rewards over a horizon much shorter than
+far_delay sees only the near reward and learns to collect; one that credits far enough learns to
+invest.
+
+Episodes last exactly `episode_length` steps (default 4 * far_delay, a multiple of far_delay) and
+end by termination (terminated=True, truncated=False): the end is part of the task, known from the
+observation, and rewards that would arrive after it are lost.
+
+Observation: float32, shape (2 + near_delay,), every entry in [0, 1], Markov:
+    [0]      progress / far_delay
+    [1]      steps remaining / episode_length (1 after reset, 0 in the terminal observation)
+    [2 + j]  1 if a near reward is pending that arrives j + 1 steps from now (the reward of the
+             (j + 1)-th next step), else 0; j = 0 .. near_delay - 1
+Actions: Discrete(2). Deterministic: no randomness at all (seeding is accepted and changes nothing).
+
+Returns (L = episode_length, D = far_delay, R = far_reward, d = near_delay):
+    myopic_return  = max(0, L - d)   always collect: collects in the last d steps are never paid.
+    optimal_return = max over k = 0 .. L // D of  min(L - k*D, max(0, L - d)) + k*R.
+        Proof: with k far rewards the agent invested at least k*D times, so at most L - k*D steps
+        collected, and only collects before step L - d are paid; collecting first, then investing
+        k*D times reaches the bound. When R > D the bracket grows with k, so k = L // D is best; if
+        also L is a multiple of D (the default) that leaves no step to collect and
+            optimal_return = (L // D) * R = always invest,
+        the unique optimal action sequence (any collect costs a whole far reward, R > D > 0 near
+        ones). Defaults: D = 100 gives optimal 800, myopic 397.
+    random_return  = (L - d) / 2 + R * sum_{k>=1} P(Binomial(L, 1/2) >= k*D)   (uniform random
+        actions: half the paid-able collects, and a far reward each time the invest count passes a
+        multiple of D). About 0.63 of optimal for every registered variant: a learner that
+        unlearns the far reward falls from there to myopic / optimal (0.46 .. 0.5), one that
+        learns it rises to 1.
+    discounted view: under a discount gamma, always-invest beats always-collect from the start state
+        only when gamma is above `critical_gamma(...)` (0.76, 0.95, 0.987, 0.996 for the variants
+        D = 10, 30, 100, 300). A fixed gamma therefore suits some D and not others.
+
+Registered ids (on import of this module; re-importing is harmless):
+    TwoHorizons-v0            defaults; every constructor argument can be set through gym.make kwargs
+    TwoHorizons-far{D}-v0     for D in VARIANT_DELAYS (10, 20, 30, 50, 100, 200, 300): near_delay 3,
+                              far_delay D, far_reward 2 D, episode_length 4 D; for the training
+                              scripts, whose --env-id passes an id and no kwargs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+COLLECT, INVEST = 0, 1
+VARIANT_DELAYS = (10, 20, 30, 50, 100, 200, 300)
+VARIANT_NEAR_DELAY = 3
+_BIT_TABLE_MAX = 12  # near_delay up to this uses a lookup table of the queue's bit patterns
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"TwoHorizons: {name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"TwoHorizons: {name} must be a positive int, got {value}")
+    return int(value)
+
+
+def resolve_params(near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """Validated (near_delay, far_delay, far_reward, episode_length), with the defaults filled in."""
+    near_delay = _positive_int("near_delay", near_delay)
+    far_delay = _positive_int("far_delay", far_delay)
+    if far_reward is None:
+        far_reward = 2 * far_delay
+    if isinstance(far_reward, bool) or not isinstance(far_reward, numbers.Real) or not math.isfinite(far_reward):
+        raise ValueError(f"TwoHorizons: far_reward must be a finite positive number, got {far_reward!r}")
+    if far_reward <= 0:
+        raise ValueError(f"TwoHorizons: far_reward must be positive, got {far_reward}")
+    far_reward = float(far_reward)
+    if episode_length is None:
+        episode_length = 4 * far_delay
+    episode_length = _positive_int("episode_length", episode_length)
+    return near_delay, far_delay, far_reward, episode_length
+
+
+def variant_params(far_delay):
+    """The constructor kwargs of TwoHorizons-far{far_delay}-v0."""
+    return dict(near_delay=VARIANT_NEAR_DELAY, far_delay=far_delay, far_reward=2 * far_delay, episode_length=4 * far_delay)
+
+
+def variant_id(far_delay):
+    return f"TwoHorizons-far{far_delay}-v0"
+
+
+def optimal_return(near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """The best return of an episode (always invest, with the defaults); see the module docstring."""
+    d, D, R, L = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    return max(min(L - k * D, max(0, L - d)) + k * R for k in range(L // D + 1))
+
+
+def myopic_return(near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """The return of always collecting: every collect is paid except those in the last near_delay steps."""
+    d, D, R, L = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    return float(max(0, L - d))
+
+
+def random_return(near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """The expected return of uniformly random actions (exact)."""
+    d, D, R, L = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    tail = [0] * (L + 2)  # tail[n] = number of invest sequences with at least n invests, over 2^L
+    for n in range(L, -1, -1):
+        tail[n] = tail[n + 1] + math.comb(L, n)
+    far = sum(tail[k * D] for k in range(1, L // D + 1)) / 2**L
+    return max(0, L - d) / 2 + R * far
+
+
+def discounted_returns(gamma, near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """(always invest, always collect): discounted returns from the start state under `gamma`."""
+    d, D, R, L = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    invest = sum(R * gamma ** (k * D - 1) for k in range(1, L // D + 1))
+    collect = sum(gamma**t for t in range(d, L))
+    return invest, collect
+
+
+def critical_gamma(near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """The gamma above which always-invest has the higher discounted return from the start state
+    (bisection; nan if collecting wins even at gamma = 1). A guide to which fixed gamma can see the
+    far reward, not the exact switch point of the discounted-optimal policy."""
+    params = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    gap = lambda g: (lambda i, c: i - c)(*discounted_returns(g, *params))  # noqa: E731
+    if gap(1.0) <= 0:
+        return math.nan
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if gap(mid) > 0 else (mid, hi)
+    return hi
+
+
+_bit_tables = {}
+
+
+def _bit_table(near_delay):
+    """[2^near_delay, near_delay] float32: row q holds the bits of the queue q, lowest first."""
+    if near_delay not in _bit_tables:
+        q = np.arange(2**near_delay)[:, None]
+        _bit_tables[near_delay] = ((q >> np.arange(near_delay)) & 1).astype(np.float32)
+    return _bit_tables[near_delay]
+
+
+class TwoHorizons(gym.Env):
+    """Collect (+1 after near_delay steps) or invest (far_reward once far_delay invests add up).
+    See the module docstring for the design and its returns."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, near_delay=3, far_delay=100, far_reward=None, episode_length=None, render_mode=None):
+        if render_mode is not None:
+            raise ValueError(f"TwoHorizons: no render modes, got render_mode={render_mode!r}")
+        self.near_delay, self.far_delay, self.far_reward, self.episode_length = resolve_params(
+            near_delay, far_delay, far_reward, episode_length
+        )
+        self.render_mode = None
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(2 + self.near_delay,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self._table = _bit_table(self.near_delay) if self.near_delay <= _BIT_TABLE_MAX else None
+        self._top = 1 << (self.near_delay - 1)  # queue bit of a reward near_delay steps away
+        self._obs = np.zeros(2 + self.near_delay, dtype=np.float32)
+        self._progress = 0
+        self._t = 0
+        self._queue = 0  # bit j: a near reward arrives with the (j + 1)-th next step
+        self._done = True
+
+    def _observation(self):
+        obs = self._obs
+        obs[0] = self._progress / self.far_delay
+        obs[1] = (self.episode_length - self._t) / self.episode_length
+        if self._table is not None:
+            obs[2:] = self._table[self._queue]
+        else:
+            q = self._queue
+            for j in range(self.near_delay):
+                obs[2 + j] = (q >> j) & 1
+        return obs.copy()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._progress = 0
+        self._t = 0
+        self._queue = 0
+        self._done = False
+        return self._observation(), {}
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError("TwoHorizons: step() called after the episode ended; call reset()")
+        q = self._queue
+        reward = float(q & 1)  # the near reward due now
+        q >>= 1
+        if action == INVEST:
+            self._progress += 1
+            if self._progress == self.far_delay:
+                reward += self.far_reward
+                self._progress = 0
+        elif action == COLLECT:
+            q |= self._top
+        else:
+            raise ValueError(f"TwoHorizons: action must be 0 (collect) or 1 (invest), got {action!r}")
+        self._queue = q
+        self._t += 1
+        terminated = self._t >= self.episode_length
+        self._done = terminated
+        return self._observation(), reward, terminated, False, {}
+
+
+def _register():
+    entry = f"{__name__ if __name__ != '__main__' else 'scripts.two_horizons'}:TwoHorizons"
+    if "TwoHorizons-v0" not in gym.registry:
+        gym.register(id="TwoHorizons-v0", entry_point=entry)
+    for far_delay in VARIANT_DELAYS:
+        if variant_id(far_delay) not in gym.registry:
+            gym.register(id=variant_id(far_delay), entry_point=entry, kwargs=variant_params(far_delay))
+
+
+_register()

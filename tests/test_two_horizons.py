@@ -1,0 +1,239 @@
+"""scripts/two_horizons.py: the TwoHorizons env, checked by hand on small settings."""
+
+import importlib
+import itertools
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import scripts.two_horizons as th  # noqa: E402  (registers the ids)
+from scripts.two_horizons import COLLECT, INVEST, TwoHorizons  # noqa: E402
+
+SMALL = dict(near_delay=2, far_delay=3, episode_length=6)  # far_reward defaults to 2 * 3 = 6
+
+
+def play(env, actions):
+    """Rewards of each step, and the (terminated, truncated) flags of each step."""
+    env.reset(seed=0)
+    rewards, flags = [], []
+    for a in actions:
+        _, r, term, trunc, _ = env.step(a)
+        rewards.append(r)
+        flags.append((term, trunc))
+    return rewards, flags
+
+
+def test_always_collect_by_hand():
+    # near_delay 2, episode 6 steps: collects at steps 0..5 are paid at steps 2..7; steps 6, 7 do not
+    # exist, so steps 2, 3, 4, 5 pay 1 each: return 4 = episode_length - near_delay.
+    rewards, _ = play(TwoHorizons(**SMALL), [COLLECT] * 6)
+    assert rewards == [0, 0, 1, 1, 1, 1]
+    assert th.myopic_return(**SMALL) == 4
+
+
+def test_always_invest_by_hand():
+    # far_delay 3: progress reaches 3 on steps 2 and 5, each paying far_reward 6: return 12 = (6 // 3) * 6.
+    rewards, _ = play(TwoHorizons(**SMALL), [INVEST] * 6)
+    assert rewards == [0, 0, 6, 0, 0, 6]
+    assert th.optimal_return(**SMALL) == 12
+
+
+def test_optimal_when_length_is_not_a_multiple():
+    # episode 7: collect once first (paid on step 2), then invest 6 times (paid on steps 3 and 6): 1 + 6 + 6 = 13.
+    params = dict(SMALL, episode_length=7)
+    rewards, _ = play(TwoHorizons(**params), [COLLECT] + [INVEST] * 6)
+    assert rewards == [0, 0, 1, 6, 0, 0, 6]
+    assert th.optimal_return(**params) == 13
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SMALL, dict(SMALL, episode_length=7), dict(near_delay=1, far_delay=2, episode_length=8),
+     dict(near_delay=3, far_delay=4, far_reward=3, episode_length=9),  # far_reward < far_delay: collecting wins
+     dict(near_delay=4, far_delay=3, far_reward=5.5, episode_length=10)],
+)  # fmt: skip
+def test_returns_match_brute_force(params):
+    """optimal_return is the best and random_return the mean over all 2^L action sequences."""
+    env = TwoHorizons(**params)
+    L = env.episode_length
+    totals = [sum(play(env, seq)[0]) for seq in itertools.product((COLLECT, INVEST), repeat=L)]
+    assert max(totals) == pytest.approx(th.optimal_return(**params))
+    assert np.mean(totals) == pytest.approx(th.random_return(**params))
+    assert sum(play(env, [COLLECT] * L)[0]) == pytest.approx(th.myopic_return(**params))
+
+
+def test_optimal_is_always_invest_for_the_variants():
+    for far_delay in th.VARIANT_DELAYS:
+        p = th.variant_params(far_delay)
+        assert th.optimal_return(**p) == (p["episode_length"] // far_delay) * p["far_reward"]
+        assert th.myopic_return(**p) == p["episode_length"] - p["near_delay"]
+        assert th.myopic_return(**p) < th.random_return(**p) < th.optimal_return(**p)
+
+
+@pytest.mark.parametrize("t", [0, 1, 5])
+def test_near_reward_arrives_exactly_near_delay_steps_later(t):
+    env = TwoHorizons(near_delay=3, far_delay=50, episode_length=20)
+    actions = [INVEST] * 20
+    actions[t] = COLLECT
+    rewards, _ = play(env, actions)
+    assert rewards == [1.0 if i == t + 3 else 0.0 for i in range(20)]
+
+
+def test_far_reward_on_the_step_progress_reaches_far_delay_and_collect_keeps_progress():
+    env = TwoHorizons(near_delay=1, far_delay=3, far_reward=10, episode_length=12)
+    # invests at steps 0, 2, 5 (progress 1, 2, 3): the far reward is paid on step 5; collects at 1, 3, 4
+    # are paid on steps 2, 4, 5. Then invests at 6, 7, 8 pay on step 8; step 9's collect is paid on step 10.
+    actions = [INVEST, COLLECT, INVEST, COLLECT, COLLECT, INVEST, INVEST, INVEST, INVEST, COLLECT, INVEST, INVEST]
+    rewards, _ = play(env, actions)
+    assert rewards == [0, 0, 1, 0, 1, 11, 0, 0, 10, 0, 1, 0]
+
+
+def test_observation_by_hand():
+    env = TwoHorizons(**SMALL)
+    obs, info = env.reset(seed=1)
+    assert obs.dtype == np.float32 and obs.shape == (4,) and info == {}
+    np.testing.assert_array_equal(obs, [0, 1, 0, 0])  # progress, time left, near reward in 1 step, in 2 steps
+    obs, r, *_ = env.step(COLLECT)
+    np.testing.assert_allclose(obs, [0, 5 / 6, 0, 1], rtol=1e-6)
+    obs, r, *_ = env.step(INVEST)
+    np.testing.assert_allclose(obs, [1 / 3, 4 / 6, 1, 0], rtol=1e-6)
+    obs, r, *_ = env.step(INVEST)
+    assert r == 1
+    np.testing.assert_allclose(obs, [2 / 3, 3 / 6, 0, 0], rtol=1e-6)
+
+
+def test_terminates_at_episode_length():
+    env = TwoHorizons(**SMALL)
+    _, flags = play(env, [COLLECT, INVEST] * 3)
+    assert flags == [(False, False)] * 5 + [(True, False)]
+    with pytest.raises(RuntimeError):
+        env.step(COLLECT)
+    env.reset()  # and it starts again
+    assert env.step(COLLECT)[2] is False
+
+
+@pytest.mark.parametrize("near_delay", [1, 3, 20])  # 20: beyond the lookup table of queue bits
+def test_observations_in_bounds_and_returned_as_copies(near_delay):
+    env = gym.make("TwoHorizons-v0", near_delay=near_delay, far_delay=7, episode_length=50)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    seen = [obs]
+    for _ in range(50):
+        obs, r, term, trunc, _ = env.step(int(rng.integers(2)))
+        assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+        seen.append(obs)
+    assert term and not trunc and obs[1] == 0
+    assert len({o.tobytes() for o in seen}) == len(seen)  # earlier observations were not overwritten
+
+
+def test_queue_bits_beyond_the_lookup_table():
+    env = TwoHorizons(near_delay=20, far_delay=5, episode_length=40)
+    env.reset()
+    obs, *_ = env.step(COLLECT)
+    assert obs[2 + 19] == 1 and obs[2:2 + 19].sum() == 0
+    for _ in range(19):
+        obs, r, *_ = env.step(INVEST)
+        assert r in (0, 10)
+    assert obs[2] == 1 and obs[3:].sum() == 0
+    assert env.step(COLLECT)[1] == 1  # the collect of step 0, paid on step 20
+
+
+def test_seeding_determinism():
+    actions = np.random.default_rng(3).integers(0, 2, 400)
+    runs = []
+    for seed in (7, 7, 8):
+        env = gym.make("TwoHorizons-far100-v0")
+        obs, _ = env.reset(seed=seed)
+        trace = [obs]
+        for a in actions:
+            obs, r, *_ = env.step(a)
+            trace += [obs, r]
+        runs.append(trace)
+    for a, b in zip(runs[0], runs[1]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs[0], runs[2]):  # no randomness: the seed changes nothing
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(near_delay=0), dict(near_delay=-1), dict(near_delay=1.5), dict(near_delay=True), dict(near_delay="3"),
+     dict(far_delay=0), dict(far_delay=2.0), dict(far_reward=0), dict(far_reward=-1), dict(far_reward=math.nan),
+     dict(far_reward=math.inf), dict(far_reward="5"), dict(episode_length=0), dict(episode_length=None, far_delay=-3),
+     dict(render_mode="human")],
+)  # fmt: skip
+def test_validation_errors(kwargs):
+    with pytest.raises(ValueError, match="TwoHorizons"):
+        TwoHorizons(**kwargs)
+    with pytest.raises(ValueError, match="TwoHorizons"):
+        gym.make("TwoHorizons-v0", **kwargs)
+
+
+def test_invalid_action():
+    env = TwoHorizons()
+    env.reset()
+    with pytest.raises(ValueError, match="action"):
+        env.step(2)
+
+
+@pytest.mark.parametrize("env_id,kwargs", [("TwoHorizons-v0", SMALL), ("TwoHorizons-v0", dict(near_delay=20)),
+                                           ("TwoHorizons-far10-v0", {})])  # fmt: skip
+def test_gymnasium_env_checker(env_id, kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checker warning fails the test
+        check_env(gym.make(env_id, **kwargs).unwrapped)
+
+
+def test_registration_kwargs_and_reimport():
+    assert gym.make("TwoHorizons-v0", far_delay=5).unwrapped.episode_length == 20
+    env = gym.make("TwoHorizons-v0", near_delay=4, far_delay=6, far_reward=7.5, episode_length=13).unwrapped
+    assert (env.near_delay, env.far_delay, env.far_reward, env.episode_length) == (4, 6, 7.5, 13)
+    for far_delay in th.VARIANT_DELAYS:
+        env = gym.make(th.variant_id(far_delay)).unwrapped
+        assert (env.near_delay, env.far_delay, env.far_reward, env.episode_length) == (3, far_delay, 2 * far_delay, 4 * far_delay)
+    importlib.reload(th)  # registering again must not fail
+    env = gym.make("scripts.two_horizons:TwoHorizons-far10-v0")  # the form the training scripts' --env-id takes
+    assert env.spec.id == "TwoHorizons-far10-v0" and env.unwrapped.far_delay == 10
+    assert gym.make("TwoHorizons-far10-v0").spec.max_episode_steps is None  # the end is a termination, no TimeLimit
+
+
+def test_critical_gamma():
+    p = th.variant_params(100)
+    g = th.critical_gamma(**p)
+    assert 0.98 < g < 0.99
+    invest, collect = th.discounted_returns(g + 1e-3, **p)
+    assert invest > collect
+    invest, collect = th.discounted_returns(g - 1e-3, **p)
+    assert invest < collect
+    assert math.isnan(th.critical_gamma(near_delay=1, far_delay=4, far_reward=2, episode_length=8))
+
+
+@pytest.mark.parametrize("script", ["p3o.py", "ppo_gae.py"])
+def test_training_script_runs_on_the_env(tmp_path, script):
+    """The training scripts resolve the module:EnvId form. cwd is a temporary folder so that runs/
+    lands there; `scripts` is importable because the script's folder (the repository root) heads sys.path."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--env-id", "scripts.two_horizons:TwoHorizons-far10-v0",
+         "--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    returns = [e.value for e in events.Scalars("charts/episodic_return")]
+    assert len(returns) >= 2  # 40-step episodes: 2 envs x 64 steps finish at least 2
+    assert all(0 <= r <= th.optimal_return(**th.variant_params(10)) for r in returns)

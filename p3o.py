@@ -237,7 +237,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """Nature CNN for Atari frames (or a 64-64 MLP for flat observations), with two heads."""
+    """A shared Nature CNN for Atari frames (or two 64-64 MLPs for flat observations); actor and critic heads."""
 
     def __init__(self, envs, horizon, state_sigma):
         super().__init__()
@@ -256,13 +256,14 @@ class Agent(nn.Module):
                 nn.ReLU(),
             )
             hidden = 512
-        else:
-            self.network = nn.Sequential(
+        else:  # flat observations: separate 64-64 torsos for the actor and the critic, as CleanRL's ppo.py
+            mlp = lambda: nn.Sequential(  # noqa: E731
                 layer_init(nn.Linear(int(np.prod(obs_shape)), 64)),
                 nn.Tanh(),
                 layer_init(nn.Linear(64, 64)),
                 nn.Tanh(),
             )
+            self.network, self.critic_network = mlp(), mlp()
             hidden = 64
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, horizon), std=1)  # mu[k]: predicted r_{t+k}
@@ -272,7 +273,10 @@ class Agent(nn.Module):
             self.log_sigma = nn.Parameter(torch.zeros(horizon))  # log sigma[k], shared by all states
 
     def features(self, x):
-        return self.network(x.float() / 255.0 if self.pixels else x.float().flatten(1))
+        """(actor features, critic features): the CNN is shared, the MLPs are not."""
+        x = x.float() / 255.0 if self.pixels else x.float().flatten(1)
+        hidden = self.network(x)
+        return hidden, hidden if self.pixels else self.critic_network(x)
 
     def value_head(self, hidden):
         """(mu, log_sigma), each [batch, H]: the Gaussian prediction of each of the next H rewards."""
@@ -282,14 +286,14 @@ class Agent(nn.Module):
         return mu, self.log_sigma.expand_as(mu)
 
     def get_value(self, x):
-        return self.value_head(self.features(x))
+        return self.value_head(self.features(x)[1])
 
     def get_action_and_value(self, x, action=None):
-        hidden = self.features(x)
+        hidden, critic_hidden = self.features(x)
         probs = Categorical(logits=self.actor(hidden))
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.value_head(hidden)
+        return action, probs.log_prob(action), probs.entropy(), self.value_head(critic_hidden)
 
 
 def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:

@@ -232,7 +232,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """Nature CNN for Atari frames (or a 64-64 MLP for flat observations), with two heads."""
+    """A shared Nature CNN for Atari frames (or two 64-64 MLPs for flat observations); actor and critic heads."""
 
     def __init__(self, envs):
         super().__init__()
@@ -251,29 +251,33 @@ class Agent(nn.Module):
                 nn.ReLU(),
             )
             hidden = 512
-        else:
-            self.network = nn.Sequential(
+        else:  # flat observations: separate 64-64 torsos for the actor and the critic, as CleanRL's ppo.py
+            mlp = lambda: nn.Sequential(  # noqa: E731
                 layer_init(nn.Linear(int(np.prod(obs_shape)), 64)),
                 nn.Tanh(),
                 layer_init(nn.Linear(64, 64)),
                 nn.Tanh(),
             )
+            self.network, self.critic_network = mlp(), mlp()
             hidden = 64
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, 1), std=1)
 
     def features(self, x):
-        return self.network(x.float() / 255.0 if self.pixels else x.float().flatten(1))
+        """(actor features, critic features): the CNN is shared, the MLPs are not."""
+        x = x.float() / 255.0 if self.pixels else x.float().flatten(1)
+        hidden = self.network(x)
+        return hidden, hidden if self.pixels else self.critic_network(x)
 
     def get_value(self, x):
-        return self.critic(self.features(x))
+        return self.critic(self.features(x)[1])
 
     def get_action_and_value(self, x, action=None):
-        hidden = self.features(x)
+        hidden, critic_hidden = self.features(x)
         probs = Categorical(logits=self.actor(hidden))
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden)
+        return action, probs.log_prob(action), probs.entropy(), self.critic(critic_hidden)
 
 
 def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:

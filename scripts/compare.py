@@ -2,7 +2,7 @@
 
     python scripts/compare.py --games Breakout Pong --seeds 1 2 3 --total-timesteps 10000000 --out results/compare
     python scripts/compare.py --sweep-horizons 32 64 128 256 --games Breakout --seeds 1 2 --out results/sweep
-    python scripts/compare.py --out results/compare --plot-only --reference Breakout=416.4
+    python scripts/compare.py --out results/compare --plot-only --reference Breakout=414.66
 
 Each run is `ppo_gae.py` or `p3o.py` started as a subprocess (sys.executable, the script from the
 repository root) with the working directory set to --out, so its TensorBoard folder lands in
@@ -82,7 +82,7 @@ def parse_args(argv=None):
     )  # fmt: skip
     p.add_argument(
         "--reference", nargs="+", default=[], metavar="GAME=SCORE",
-        help="published score(s) drawn as a dashed line, e.g. Breakout=416.4 (give the source's number)",
+        help="published score(s) drawn as a dashed line, e.g. Breakout=414.66 (give the source's number)",
     )  # fmt: skip
     p.add_argument("--bins", type=int, default=100, help="points of the common step grid of the curves")
     p.add_argument("--smooth", type=int, default=5, help="moving-average window of the curves, in grid points")
@@ -107,7 +107,7 @@ def parse_args(argv=None):
             game, score = item.rsplit("=", 1)
             args.references[game] = float(score)
     except ValueError:
-        p.error(f"--reference takes GAME=SCORE, e.g. Breakout=416.4; got {args.reference}")
+        p.error(f"--reference takes GAME=SCORE, e.g. Breakout=414.66; got {args.reference}")
     return args
 
 
@@ -395,6 +395,15 @@ def curves_by_label_game(store: Store):
     return data
 
 
+def steps_axis(ax):
+    """x axis in environment steps, ticks as 100k / 2.5M instead of 100000 / 2500000."""
+    from matplotlib.ticker import FuncFormatter
+
+    short = lambda x, _: f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"  # noqa: E731
+    ax.xaxis.set_major_formatter(FuncFormatter(short))
+    ax.set_xlabel("environment steps")
+
+
 def binned(episodes, edges, smooth):
     """Mean return per bin of the step grid, carried forward over empty bins, then a moving average."""
     import numpy as np
@@ -445,7 +454,7 @@ def plot_curves(ax, data, labels, game, args, total_steps):
     if game in args.references:
         ax.axhline(args.references[game], ls="--", color="k", lw=1, label=f"reference {args.references[game]:g}")
     ax.set_title(game)
-    ax.set_xlabel("environment steps")
+    steps_axis(ax)
     ax.set_ylabel("episodic return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -6,9 +6,9 @@
     python scripts/horizon_experiment.py --plot-only           # redraw plot and table from the CSVs
 
 The task is TwoHorizons-far{D}-v0 (scripts/two_horizons.py): collect (+1 paid 3 steps later) or invest
-(2 D paid when D invests add up; worth 2 per step, paid up to D steps later). Always-invest is optimal;
+(2 D paid when D invests add up; worth 2 per step, paid up to D steps later). Investing is optimal;
 a learner whose credit horizon is much shorter than D learns to collect (myopic, about half of
-optimal). Uniformly random play scores about 0.63 of optimal, so the curves start there and go up
+optimal). Uniformly random play scores about 0.7 of optimal, so the curves start there and go up
 (the far reward is learned) or down (it is unlearned). Under a discount gamma, always-invest only
 looks better than always-collect for gamma above two_horizons.critical_gamma: 0.76, 0.95, 0.987,
 0.996 for D = 10, 30, 100, 300. So each fixed gamma should win some delays and lose others; P3O, which
@@ -64,6 +64,7 @@ from scripts.compare import (  # noqa: E402
     interrupt_on_sigterm,
     read_csv,
     sigint_deferred,
+    steps_axis,
     stop_group,
     write_csv_atomic,
 )
@@ -448,7 +449,7 @@ def make_plot(store: Store, args):
         ax.axhline(th.myopic_return(**params) / best, color="k", ls="--", lw=1, label="myopic (always collect)")
         ax.axhline(th.random_return(**params) / best, color="gray", ls=":", lw=1, label="random policy")
         ax.set_title(f"TwoHorizons-far{delay}-v0: far reward {delay} steps away\n(gamma needed > {th.critical_gamma(**params):.3f})", fontsize=10)
-        ax.set_xlabel("environment steps")
+        steps_axis(ax)
         ax.set_ylabel("episodic return / optimal")
         ax.set_ylim(0.3, 1.05)
         ax.grid(alpha=0.3)

@@ -132,6 +132,14 @@ class Run:
     def key(self):
         return (self.label, self.game, self.seed)
 
+    @property
+    def name(self):
+        return f"{self.label:>12} {self.game} seed {self.seed}"
+
+    @property
+    def log_name(self):
+        return f"{self.label}__{self.game.replace('/', '_')}__{self.seed}.log"
+
     def command(self, device):
         return [
             sys.executable, str(ROOT / SCRIPTS[self.algo]),
@@ -312,9 +320,8 @@ def execute(runs, store: Store, args):
     (out / "runs").mkdir(parents=True, exist_ok=True)
     todo = []
     for run in runs:
-        row = store.runs.get(run.key)
         if store.finished(run.key):
-            print(f"skip  {run.label:>12} {run.game} seed {run.seed}: already finished (runs.csv)", flush=True)
+            print(f"skip  {run.name}: already finished (runs.csv)", flush=True)
             continue
         todo.append(run)
     if not todo:
@@ -324,12 +331,31 @@ def execute(runs, store: Store, args):
     env = dict(os.environ)
     if args.jobs > 1 and "OMP_NUM_THREADS" not in env:  # keep parallel CPU runs from oversubscribing cores
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    return run_pool(
+        todo, store, out, args.jobs, env,
+        command=lambda run: run.command(args.device),
+        run_dirs=run_dirs,
+        summarize=summarize,
+        done_text=lambda row: f"final return {row['final_return'] or 'n/a'}",
+    )  # fmt: skip
+
+
+def run_pool(todo, store, out: Path, jobs, env, command, run_dirs, summarize, done_text):
+    """Run `todo` as subprocesses in `out`, `jobs` at a time, and record each in `store` as it starts and ends.
+
+    Each run has .key, .name (how it is printed) and .log_name (its log file under out/logs). command(run)
+    is its argv; run_dirs(out, run) finds its TensorBoard folders, deleted before it starts (they are
+    left from an unfinished attempt); summarize(run, out, status, wall, returncode, log) gives its
+    runs.csv row and result rows; done_text(row) ends its "done" line. Also used by
+    scripts/horizon_experiment.py. Returns False if a run failed. On Ctrl-C the active runs are
+    stopped and recorded as interrupted, and the KeyboardInterrupt goes on up.
+    """
     active = {}  # Popen -> (run, start time, log path, log file)
     pending = list(todo)
     ok = True
     try:
         while pending or active:
-            while pending and len(active) < args.jobs:
+            while pending and len(active) < jobs:
                 run = pending.pop(0)
                 old = store.runs.get(run.key, {})
                 stale = run_dirs(out, run)
@@ -337,11 +363,11 @@ def execute(runs, store: Store, args):
                     stale.append(out / old["run_dir"])
                 for d in stale:  # an interrupted or failed attempt: start from scratch
                     if d.exists():
-                        print(f"clean {run.label:>12} {run.game} seed {run.seed}: removing partial {d}", flush=True)
+                        print(f"clean {run.name}: removing partial {d}", flush=True)
                         shutil.rmtree(d)
-                log = out / "logs" / f"{run.label}__{run.game.replace('/', '_')}__{run.seed}.log"
+                log = out / "logs" / run.log_name
                 logf = open(log, "w")
-                cmd = run.command(args.device)
+                cmd = command(run)
                 logf.write("$ " + shlex.join(cmd) + "\n")
                 logf.flush()
                 row, _ = summarize(run, out, "running", None, "", log)
@@ -350,7 +376,7 @@ def execute(runs, store: Store, args):
                     cmd, cwd=out, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
                 )
                 active[proc] = (run, time.time(), log, logf)
-                print(f"start {run.label:>12} {run.game} seed {run.seed} -> {log}", flush=True)
+                print(f"start {run.name} -> {log}", flush=True)
             time.sleep(0.2)
             for proc in [p for p in active if p.poll() is not None]:
                 run, start, log, logf = active.pop(proc)
@@ -360,14 +386,14 @@ def execute(runs, store: Store, args):
                 store.set_run(run.key, row, results)
                 if row["status"] == "finished":
                     print(
-                        f"done  {run.label:>12} {run.game} seed {run.seed}: final return {row['final_return'] or 'n/a'}, "
+                        f"done  {run.name}: {done_text(row)}, "
                         f"{float(row['wall_time_s']):.0f} s, {row['sps'] or '?'} SPS",
                         flush=True,
                     )
                 else:
                     ok = False
                     tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-                    print(f"FAIL  {run.label:>12} {run.game} seed {run.seed} (exit {proc.returncode}), see {log}:", flush=True)
+                    print(f"FAIL  {run.name} (exit {proc.returncode}), see {log}:", flush=True)
                     print("\n".join("      " + line for line in tail), flush=True)
     except KeyboardInterrupt:
         print(f"\ninterrupted: stopping {len(active)} run(s); finished runs are kept in {store.runs_path}", flush=True)

@@ -45,10 +45,7 @@ import math
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +60,9 @@ from scripts.compare import (  # noqa: E402
     glob_escape,
     interrupt_on_sigterm,
     read_csv,
+    run_pool,
     sigint_deferred,
     steps_axis,
-    stop_group,
     write_csv_atomic,
 )
 
@@ -142,6 +139,14 @@ class Run:
     @property
     def key(self):
         return (self.method, self.setting, self.delay, self.seed)
+
+    @property
+    def name(self):
+        return f"{self.method:>7} {self.setting:>12} D={self.delay} seed {self.seed}"
+
+    @property
+    def log_name(self):
+        return f"{self.exp_name}__{self.seed}.log"
 
     def command(self):
         return [
@@ -311,7 +316,7 @@ def execute(runs, store: Store, args):
     todo = []
     for run in runs:
         if store.finished(run.key):
-            print(f"skip  {run.method:>7} {run.setting:>12} D={run.delay} seed {run.seed}: finished (runs.csv)", flush=True)
+            print(f"skip  {run.name}: finished (runs.csv)", flush=True)
         else:
             todo.append(run)
     if not todo:
@@ -320,62 +325,13 @@ def execute(runs, store: Store, args):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     print(f"{len(todo)} run(s) to do, {args.jobs} at once", flush=True)
-    active = {}  # Popen -> (run, start time, log path, log file)
-    pending = list(todo)
-    ok = True
-    try:
-        while pending or active:
-            while pending and len(active) < args.jobs:
-                run = pending.pop(0)
-                stale = run_dirs(out, run)
-                old = store.runs.get(run.key, {})
-                if old.get("run_dir"):
-                    stale.append(out / old["run_dir"])
-                for d in stale:  # an interrupted or failed attempt: start from scratch
-                    if d.exists():
-                        print(f"clean {d}: partial folder of an unfinished run", flush=True)
-                        shutil.rmtree(d)
-                log = out / "logs" / f"{run.exp_name}__{run.seed}.log"
-                logf = open(log, "w")
-                cmd = run.command()
-                logf.write("$ " + shlex.join(cmd) + "\n")
-                logf.flush()
-                row, _ = summarize(run, out, "running", None, "", log)
-                store.set_run(run.key, row)
-                proc = subprocess.Popen(cmd, cwd=out, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-                active[proc] = (run, time.time(), log, logf)
-                print(f"start {run.method:>7} {run.setting:>12} D={run.delay} seed {run.seed} -> {log}", flush=True)
-            time.sleep(0.5)
-            for proc in [p for p in active if p.poll() is not None]:
-                run, start, log, logf = active.pop(proc)
-                logf.close()
-                status = "finished" if proc.returncode == 0 else "failed"
-                row, results = summarize(run, out, status, time.time() - start, proc.returncode, log)
-                store.set_run(run.key, row, results)
-                if row["status"] == "finished":
-                    print(
-                        f"done  {run.method:>7} {run.setting:>12} D={run.delay} seed {run.seed}: "
-                        f"final fraction of optimal {row['final_fraction'] or 'n/a'}, "
-                        f"{float(row['wall_time_s']):.0f} s, {row['sps'] or '?'} SPS",
-                        flush=True,
-                    )
-                else:
-                    ok = False
-                    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-                    print(f"FAIL  {run.method} {run.setting} D={run.delay} seed {run.seed} (exit {proc.returncode}), see {log}:", flush=True)
-                    print("\n".join("      " + line for line in tail), flush=True)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: stopping {len(active)} run(s); finished runs are kept in {store.runs_path}", flush=True)
-        with sigint_deferred():
-            for proc, (run, start, log, logf) in active.items():
-                stop_group(proc)
-                logf.close()
-                row, _ = summarize(run, out, "interrupted", time.time() - start, proc.returncode, log)
-                store.runs[run.key] = row
-                store.results.pop(run.key, None)
-            store.save()
-        raise
-    return ok
+    return run_pool(
+        todo, store, out, args.jobs, env,
+        command=Run.command,
+        run_dirs=run_dirs,
+        summarize=summarize,
+        done_text=lambda row: f"final fraction of optimal {row['final_fraction'] or 'n/a'}",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -202,19 +202,26 @@ def read_csv(path: Path):
 
 
 class Store:
-    """runs.csv and results.csv in memory; results are kept for finished runs only."""
+    """runs.csv and results.csv in memory; results are kept for finished runs only.
 
-    def __init__(self, out: Path):
-        self.out = out
+    run_key(row) and result_key(row) give the key of the run a CSV row belongs to, and the rows are
+    written sorted by order(key). The defaults are this script's; scripts/horizon_experiment.py
+    passes its own.
+    """
+
+    def __init__(
+        self, out: Path, run_columns=RUN_COLUMNS, result_columns=RESULT_COLUMNS,
+        run_key=lambda row: (row["label"], row["game"], int(row["seed"])),
+        result_key=lambda row: (row["algo"], row["game"], int(row["seed"])),
+        order=lambda key: key,
+    ):  # fmt: skip
+        self.out, self.run_columns, self.result_columns, self.order = out, run_columns, result_columns, order
         self.runs_path, self.results_path = out / "runs.csv", out / "results.csv"
-        self.runs = {}  # (label, game, seed) -> row
-        for row in read_csv(self.runs_path):
-            self.runs[(row["label"], row["game"], int(row["seed"]))] = row
+        self.runs = {run_key(row): row for row in read_csv(self.runs_path)}
         self.results = defaultdict(list)  # key -> [row]
         for row in read_csv(self.results_path):
-            key = (row["algo"], row["game"], int(row["seed"]))
-            if self.runs.get(key, {}).get("status") == "finished":
-                self.results[key].append(row)
+            if self.finished(result_key(row)):
+                self.results[result_key(row)].append(row)
 
     def finished(self, key):
         return self.runs.get(key, {}).get("status") == "finished"
@@ -229,11 +236,11 @@ class Store:
 
     def save(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        runs = sorted(self.runs.values(), key=lambda r: (r["label"], r["game"], int(r["seed"])))
-        results = [r for key in sorted(self.results) if self.finished(key) for r in self.results[key]]
+        runs = [self.runs[k] for k in sorted(self.runs, key=self.order)]
+        results = [r for k in sorted(self.results, key=self.order) if self.finished(k) for r in self.results[k]]
         with sigint_deferred():  # results first: rows of a run count only once runs.csv says finished
-            write_csv_atomic(self.results_path, RESULT_COLUMNS, results)
-            write_csv_atomic(self.runs_path, RUN_COLUMNS, runs)
+            write_csv_atomic(self.results_path, self.result_columns, results)
+            write_csv_atomic(self.runs_path, self.run_columns, runs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,12 +604,13 @@ def report(store: Store, args):
 
 
 def check_changed(runs, store: Store, rerun_changed):
-    """Finished runs recorded with other settings: stop (or, with --rerun-changed, mark them for a rerun)."""
+    """Finished runs recorded with other settings: stop (or, with --rerun-changed, mark them for a rerun).
+    Also used by scripts/horizon_experiment.py."""
     changed = [r for r in runs if store.finished(r.key) and store.runs[r.key].get("config") != r.config]
     if not changed:
         return
     lines = [
-        f"  {r.label} {r.game} seed {r.seed}: recorded `{store.runs[r.key].get('args', '')}` "
+        f"  {r.name}: recorded `{store.runs[r.key].get('args', '')}` "
         f"({store.runs[r.key].get('total_timesteps')} steps), now `{shlex.join(r.extra)}` ({r.total_timesteps} steps)"
         for r in changed
     ]

@@ -46,7 +46,6 @@ import os
 import re
 import shlex
 import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,16 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from scripts import compare  # noqa: E402
 from scripts import two_horizons as th  # noqa: E402
 from scripts.compare import (  # noqa: E402
     binned,
+    check_changed,
     glob_escape,
     interrupt_on_sigterm,
-    read_csv,
     run_pool,
-    sigint_deferred,
     steps_axis,
-    write_csv_atomic,
 )
 
 SCRIPTS = {"ppo_gae": "ppo_gae.py", "p3o": "p3o.py"}
@@ -181,37 +179,12 @@ def key_of(row):
     return (row["method"], row["setting"], int(row["delay"]), int(row["seed"]))
 
 
-class Store:
-    """runs.csv and results.csv in memory; results are kept for finished runs only."""
+class Store(compare.Store):
+    """compare.py's runs.csv and results.csv store, with this script's columns, keys and row order."""
 
     def __init__(self, out: Path):
-        self.out = out
-        self.runs_path, self.results_path = out / "runs.csv", out / "results.csv"
-        self.runs = {key_of(row): row for row in read_csv(self.runs_path)}
-        self.results = defaultdict(list)
-        for row in read_csv(self.results_path):
-            if self.finished(key_of(row)):  # rows of a run count only once runs.csv says it finished
-                self.results[key_of(row)].append(row)
-
-    def finished(self, key):
-        return self.runs.get(key, {}).get("status") == "finished"
-
-    def set_run(self, key, row, results=None):
-        self.runs[key] = row
-        if results is not None:
-            self.results[key] = results
-        elif row.get("status") != "finished":
-            self.results.pop(key, None)
-        self.save()
-
-    def save(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        order = lambda key: (key[2], key[0], key[1], key[3])  # noqa: E731
-        runs = [self.runs[k] for k in sorted(self.runs, key=order)]
-        results = [r for k in sorted(self.results, key=order) if self.finished(k) for r in self.results[k]]
-        with sigint_deferred():
-            write_csv_atomic(self.results_path, RESULT_COLUMNS, results)
-            write_csv_atomic(self.runs_path, RUN_COLUMNS, runs)
+        order = lambda key: (key[2], key[0], key[1], key[3])  # noqa: E731  (delay, method, setting, seed)
+        super().__init__(out, RUN_COLUMNS, RESULT_COLUMNS, run_key=key_of, result_key=key_of, order=order)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,26 +260,6 @@ def summarize(run: Run, out: Path, status, wall, returncode, log):
     elif status == "finished":
         row["status"] = "failed"  # exited 0 but wrote no run folder
     return row, results
-
-
-def check_changed(runs, store: Store, rerun_changed):
-    changed = [r for r in runs if store.finished(r.key) and store.runs[r.key].get("config") != r.config]
-    if not changed:
-        return
-    lines = [
-        f"  {r.method} {r.setting} D={r.delay} seed {r.seed}: recorded `{store.runs[r.key].get('args', '')}` "
-        f"({store.runs[r.key].get('total_timesteps')} steps), now `{shlex.join(r.extra)}` ({r.total_timesteps} steps)"
-        for r in changed
-    ]
-    if not rerun_changed:
-        sys.exit(
-            "error: runs.csv has finished runs made with other settings:\n" + "\n".join(lines)
-            + "\nUse another --out, or --rerun-changed to replace them."
-        )  # fmt: skip
-    print("rerunning runs whose settings changed:\n" + "\n".join(lines), flush=True)
-    for r in changed:
-        store.runs[r.key] = {**store.runs[r.key], "status": "changed"}
-        store.results.pop(r.key, None)
 
 
 def execute(runs, store: Store, args):

@@ -87,11 +87,7 @@ def parse_args(argv=None):
     p.add_argument("--bins", type=int, default=100, help="points of the common step grid of the curves")
     p.add_argument("--smooth", type=int, default=5, help="moving-average window of the curves, in grid points")
     p.add_argument("--band", choices=["minmax", "std"], default="minmax", help="shaded band over seeds")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, item in enumerate(argv[:-1]):  # "--p3o-args --state-sigma": a value that looks like a flag
-        if item in ("--ppo-args", "--p3o-args"):
-            argv[i : i + 2] = [f"{item}={argv[i + 1]}", None]
-    args = p.parse_args([a for a in argv if a is not None])
+    args = parse_with_script_args(p, argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     if args.total_timesteps < 1:
@@ -109,6 +105,16 @@ def parse_args(argv=None):
     except ValueError:
         p.error(f"--reference takes GAME=SCORE, e.g. Breakout=414.66; got {args.reference}")
     return args
+
+
+def parse_with_script_args(parser, argv=None):
+    """parser.parse_args, letting --ppo-args / --p3o-args take a value that looks like a flag
+    ("--p3o-args --state-sigma"), which argparse alone refuses. Also used by horizon_experiment.py."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, item in enumerate(argv[:-1]):
+        if item in ("--ppo-args", "--p3o-args"):
+            argv[i : i + 2] = [f"{item}={argv[i + 1]}", None]
+    return parser.parse_args([a for a in argv if a is not None])
 
 
 @dataclass

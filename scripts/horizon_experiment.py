@@ -57,9 +57,12 @@ from scripts import compare  # noqa: E402
 from scripts import two_horizons as th  # noqa: E402
 from scripts.compare import (  # noqa: E402
     binned,
+    FINAL_FRACTION,
     check_changed,
+    final_return,
     glob_escape,
     interrupt_on_sigterm,
+    parse_with_script_args,
     run_pool,
     steps_axis,
 )
@@ -72,7 +75,6 @@ RUN_COLUMNS = [
     "episodes", "last_step", "wall_time_s", "sps", *P3O_COLUMNS, "config", "exp_name", "args",
     "run_dir", "returncode", "log",
 ]  # fmt: skip
-FINAL_FRACTION = 0.10  # final return: episodes that ended in the last 10% of the steps
 
 
 def parse_args(argv=None):
@@ -94,11 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--bins", type=int, default=100, help="points of the common step grid of the curves")
     p.add_argument("--smooth", type=int, default=5, help="moving-average window of the curves, in grid points")
     p.add_argument("--band", choices=["minmax", "std"], default="minmax", help="shaded band over seeds")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, item in enumerate(argv[:-1]):  # "--p3o-args --state-sigma": a value that looks like a flag
-        if item in ("--ppo-args", "--p3o-args"):
-            argv[i : i + 2] = [f"{item}={argv[i + 1]}", None]
-    args = p.parse_args([a for a in argv if a is not None])
+    args = parse_with_script_args(p, argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
     if args.total_timesteps < 1:
@@ -216,12 +214,6 @@ def read_events(run_dir: Path):
             below = [k for k, s in sigmas.items() if s < p3o["sigma_r"]]
             p3o["chance_k"] = max(below) if below else -1
     return episodes, sps, last_step, p3o
-
-
-def final_return(episodes, last_step):
-    cut = (1.0 - FINAL_FRACTION) * last_step
-    tail = [r for s, r in episodes if s >= cut]
-    return sum(tail) / len(tail) if tail else math.nan
 
 
 def optimal(delay):

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,6 @@ class Run:
     extra: list[str]
     config: str = ""
     exp_name: str = ""
-    fields: dict = field(default_factory=dict)
 
     def __post_init__(self):
         blob = "\0".join([SCRIPTS[self.algo], str(self.total_timesteps), *self.extra])

@@ -46,7 +46,7 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,6 @@ class Run:
     extra: list[str]
     config: str = ""
     exp_name: str = ""
-    fields: dict = field(default_factory=dict)
 
     def __post_init__(self):
         blob = "\0".join([SCRIPTS[self.method], str(self.delay), str(self.total_timesteps), *self.extra])

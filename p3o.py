@@ -4,8 +4,8 @@
     python p3o.py --eval-checkpoint runs/<run>/p3o.pt    # score a saved agent
 
 The critic predicts each of the next H rewards as a Gaussian (mean mu[k], std sigma[k]), trained by
-Gaussian negative log-likelihood. The advantage weighs each future step's surprise by how much
-better than chance its reward is predicted: no gamma, no lambda (the README has the equations).
+Gaussian negative log-likelihood. The advantage weighs each future step's surprise by how precisely
+its reward is predicted (above c times chance): no gamma, no lambda (the README has the equations).
 The file reads top to bottom: arguments, environment, agent, then the training loop
 (rollout, advantage, update, logging). It is ppo_gae.py with the algorithm changed;
 `diff ppo_gae.py p3o.py` shows exactly what P3O changes.
@@ -81,10 +81,15 @@ class Args:
     """H, the number of future rewards the critic predicts and the advantage can credit"""
     normalization: Literal["sum", "max"] = "sum"
     """how each row's weights are normalized: `sum` (they sum to 1) or `max` (the largest is 1)"""
-    chance_coef: float = 1.0
+    chance_coef: float = 0.0
     """c in [0, 1]: a step's precision 1/sigma[k]^2 counts only above c times the chance level 1/sigma_r^2"""
+    advantage_sigma: Literal["rollout", "learned"] = "rollout"
+    """the sigma[k] the advantage weighs by: `rollout`, the root-mean-square error of mu[k] on this
+    rollout's rewards inside the episode (the value the learned sigma converges to, without its lag);
+    `learned`, the value head's sigma as P3O.md writes it"""
     state_sigma: bool = False
-    """if toggled, sigma[k] is predicted per state by a head; by default it is one learned parameter per k"""
+    """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
+    by default it is one learned parameter per k"""
     num_minibatches: int = 4
     """the number of minibatches per epoch"""
     update_epochs: int = 4
@@ -124,6 +129,8 @@ def check_args(args: Args) -> None:
         errors.append(f"--horizon must be at least 1, got {args.horizon}")
     if not 0.0 <= args.chance_coef <= 1.0:
         errors.append(f"--chance-coef must be in [0, 1], got {args.chance_coef}")
+    if args.state_sigma and args.advantage_sigma != "learned":
+        errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
     for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
         if getattr(args, name) < 0:
             errors.append(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
@@ -428,13 +435,21 @@ if __name__ == "__main__":
         # Advantage: P3O, computed by the kernel in p3o_kernel.cu
         #   lambda[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2),   A_t = sum_k w_t[k] (y_{t+k} - mu_t[k])
         with torch.no_grad():
-            mu_next, _ = agent.get_value(next_obs)  # predictions at the observation after the rollout
+            mu_next = agent.get_value(next_obs)[0].T.contiguous()  # [H, N]: predictions after the rollout
             sigma_r2 = rewards.var()  # chance level: the variance of the one-step rewards
             chance = args.chance_coef / sigma_r2 if sigma_r2 > 0 else 0.0
-            log_sigma = log_sigmas if args.state_sigma else agent.log_sigma
-            precision = (torch.exp(-2 * log_sigma) - chance).clamp(min=0).contiguous()
+            if args.advantage_sigma == "rollout":
+                # sigma[k]^2 = mean of (r_{t+k} - mu_t[k])^2 over the rollout's live rewards (inside t's
+                # episode): the maximum-likelihood sigma, without a learned one's lag. inf where k has none.
+                rollout_targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+                live_count = live.sum((0, 2))
+                squared_error = (live * (rollout_targets - mus) ** 2).sum((0, 2))
+                sigma2 = torch.where(live_count > 0, squared_error / live_count.clamp(min=1), torch.inf)
+            else:
+                sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
+            precision = (1 / sigma2.clamp(min=1e-12) - chance).clamp(min=0).contiguous()  # lambda[k]
         advantages, targets, known = kernels.p3o_advantage(
-            rewards, terminations, truncations, mus, mu_next.T.contiguous(), precision, args.normalization == "max"
+            rewards, terminations, truncations, mus, mu_next, precision, args.normalization == "max"
         )
 
         # Flatten the batch
@@ -474,7 +489,7 @@ if __name__ == "__main__":
                 pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
                 pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
-                # Value loss: Gaussian negative log-likelihood over the known targets
+                # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
                 new_mu, new_log_sigma = newvalue
                 nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
@@ -505,7 +520,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         # P3O diagnostics: where sigma[k] crosses sigma_r is the horizon the advantage credits
-        sigma = torch.exp(log_sigmas).mean((0, 2))  # [H], averaged over states
+        sigma = sigma2.sqrt() if sigma2.dim() == 1 else sigma2.sqrt().mean((0, 2))  # [H], inf: unmeasured
         lam = precision.mean((0, 2)) if args.state_sigma else precision
         weights = lam / (lam.max() if args.normalization == "max" else lam.sum()).clamp(min=1e-12)
         ks = torch.arange(args.horizon, dtype=torch.float32, device=device)

@@ -56,20 +56,21 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 
 // ---------------------------------------------------------------------------------------------
 // P3O: one (t, env) row over the horizon k = 0 .. H-1.
-//   y_{t+k} = r_{t+k}                 inside the rollout, same episode        (known)
+//   y_{t+k} = r_{t+k}                 inside the rollout, same episode        (known, live)
 //           = 0                       after a termination                     (known)
 //           = mu_next[t+k-T]          past the rollout's end (bootstrap)      (not known)
 //   the row stops after a truncation: later k are neither known nor used.
 //   A_t = sum_k lambda[k] * (y_{t+k} - mu_t[k]) / norm_t,
 //   norm_t = sum (or max) of lambda[k] over the row's usable k; A_t = 0 where norm_t = 0.
 // precision holds lambda: one value per k ([H]) or one per (t, k, env) ([T, H, N]).
+// With precision == nullptr the row writes only targets, known and live (p3o_targets).
 // ---------------------------------------------------------------------------------------------
 HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
                                 bool per_state_precision, bool normalize_max,
                                 const float* rewards, const float* terminations,
                                 const float* truncations, const float* mu,
                                 const float* mu_next, const float* precision,
-                                float* advantages, float* targets, float* known) {
+                                float* advantages, float* targets, float* known, float* live) {
     float weighted_error = 0.0f;
     float norm = 0.0f;
     bool terminated = false;  // a termination inside the row: the rest is known zeros
@@ -79,28 +80,34 @@ HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
         if (stopped) {
             targets[o] = 0.0f;
             known[o] = 0.0f;
+            if (live) live[o] = 0.0f;
             continue;
         }
         const int j = t + k;  // the step whose reward mu_t[k] predicts
         float y;
         float is_known = 1.0f;
+        float is_live = 0.0f;
         if (terminated) {
             y = 0.0f;
         } else if (j < T) {
             y = rewards[j * N + env];
+            is_live = 1.0f;
             if (terminations[j * N + env] != 0.0f) terminated = true;
             else if (truncations[j * N + env] != 0.0f) stopped = true;
         } else {
             y = mu_next[(j - T) * N + env];
             is_known = 0.0f;
         }
-        const float lambda_k = per_state_precision ? precision[o] : precision[k];
-        weighted_error += lambda_k * (y - mu[o]);
-        norm = normalize_max ? fmaxf(norm, lambda_k) : norm + lambda_k;
         targets[o] = y;
         known[o] = is_known;
+        if (live) live[o] = is_live;
+        if (precision) {
+            const float lambda_k = per_state_precision ? precision[o] : precision[k];
+            weighted_error += lambda_k * (y - mu[o]);
+            norm = normalize_max ? fmaxf(norm, lambda_k) : norm + lambda_k;
+        }
     }
-    advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
+    if (precision) advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
 }
 
 #ifdef __CUDACC__
@@ -118,11 +125,12 @@ __global__ void p3o_kernel(int T, int N, int H, bool per_state_precision, bool n
                            const float* rewards, const float* terminations,
                            const float* truncations, const float* mu, const float* mu_next,
                            const float* precision, float* advantages, float* targets,
-                           float* known) {
+                           float* known, float* live) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // = t * N + env
     if (idx < T * N)
         p3o_row(idx / N, idx % N, T, N, H, per_state_precision, normalize_max, rewards,
-                terminations, truncations, mu, mu_next, precision, advantages, targets, known);
+                terminations, truncations, mu, mu_next, precision, advantages, targets, known,
+                live);
 }
 #endif
 
@@ -214,7 +222,7 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
             T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
             terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
             mu_next.data_ptr<float>(), precision.data_ptr<float>(), advantages.data_ptr<float>(),
-            targets.data_ptr<float>(), known.data_ptr<float>());
+            targets.data_ptr<float>(), known.data_ptr<float>(), nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return {advantages, targets, known};
     }
@@ -225,9 +233,47 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
                     terminations.data_ptr<float>(), truncations.data_ptr<float>(),
                     mu.data_ptr<float>(), mu_next.data_ptr<float>(), precision.data_ptr<float>(),
                     advantages.data_ptr<float>(), targets.data_ptr<float>(),
-                    known.data_ptr<float>());
+                    known.data_ptr<float>(), nullptr);
     });
     return {advantages, targets, known};
+}
+
+// Targets only, no advantage: what p3o.py needs to measure sigma[k] before the advantage.
+// live[t, k, env] = 1 where the target is a reward of the rollout inside t's episode.
+std::vector<torch::Tensor> p3o_targets(torch::Tensor rewards, torch::Tensor terminations,
+                                       torch::Tensor truncations, torch::Tensor mu_next) {
+    TORCH_CHECK(rewards.dim() == 2, "rewards must be [T, N], got ", shape_str(rewards.sizes()));
+    TORCH_CHECK(mu_next.dim() == 2, "mu_next must be [H, N], got ", shape_str(mu_next.sizes()));
+    const int T = rewards.size(0), N = rewards.size(1), H = mu_next.size(0);
+    const auto device = rewards.device();
+    check_tensor(rewards, "rewards", {T, N}, device);
+    check_tensor(terminations, "terminations", {T, N}, device);
+    check_tensor(truncations, "truncations", {T, N}, device);
+    check_tensor(mu_next, "mu_next", {H, N}, device);
+    auto targets = torch::empty({T, H, N}, rewards.options());
+    auto known = torch::empty_like(targets);
+    auto live = torch::empty_like(targets);
+#ifdef __CUDACC__
+    if (rewards.is_cuda()) {
+        const c10::cuda::CUDAGuard guard(device);
+        const int threads = 256;
+        p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
+                     c10::cuda::getCurrentCUDAStream()>>>(
+            T, N, H, false, false, rewards.data_ptr<float>(), terminations.data_ptr<float>(),
+            truncations.data_ptr<float>(), nullptr, mu_next.data_ptr<float>(), nullptr, nullptr,
+            targets.data_ptr<float>(), known.data_ptr<float>(), live.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return {targets, known, live};
+    }
+#endif
+    at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t idx = begin; idx < end; ++idx)
+            p3o_row(idx / N, idx % N, T, N, H, false, false, rewards.data_ptr<float>(),
+                    terminations.data_ptr<float>(), truncations.data_ptr<float>(), nullptr,
+                    mu_next.data_ptr<float>(), nullptr, nullptr, targets.data_ptr<float>(),
+                    known.data_ptr<float>(), live.data_ptr<float>());
+    });
+    return {targets, known, live};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -238,4 +284,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu"),
           py::arg("mu_next"), py::arg("precision"), py::arg("normalize_max"));
+    m.def("p3o_targets", &p3o_targets,
+          "P3O value targets, known-target mask and live-reward mask, each [T, H, N]",
+          py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu_next"));
 }

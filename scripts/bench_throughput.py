@@ -12,7 +12,7 @@ them), with timers wrapped around library and agent entry points; the scripts' f
   rollout inference Agent.get_action_and_value without grad, and Agent.get_value (truncation final
                     observations and the bootstrap value; the Agent class is wrapped as it is defined,
                     through builtins.__build_class__)
-  advantage         kernels.gae / kernels.p3o_advantage (the call into p3o_kernel.cu)
+  advantage         kernels.gae / kernels.p3o_targets + kernels.p3o_advantage (the calls into p3o_kernel.cu)
   update            wall time from the advantage kernel's return to the iteration's last
                     optimizer.step() (minibatch forward, losses, backward, clipping, Adam)
   other             the rest of the training loop: rollout storage, host<->device copies,
@@ -170,6 +170,15 @@ def instrument(rec: Recorder):
 
         def __getattr__(self, name):
             attr = getattr(self._module, name)
+            if name == "p3o_targets":  # p3o.py's first pass (live rewards for sigma): same step, counted once
+                timed_targets = rec.timed("advantage", attr)
+
+                def targets_call(*a, **kw):
+                    result = timed_targets(*a, **kw)
+                    rec.calls["advantage"] -= 1
+                    return result
+
+                return targets_call
             if name not in ("gae", "p3o_advantage"):
                 return attr
             timed = rec.timed("advantage", attr)
@@ -362,7 +371,7 @@ def report(args, results):
         "- SPS: env steps / seconds from the first envs.reset() to envs.close() (the scripts' own SPS window); "
         "steady SPS: from the first to the last advantage call (leaves out the first rollout's warm-up)",
         "- phases: env step = VectorEnv.step; rollout inference = Agent.get_action_and_value without grad + "
-        "Agent.get_value; advantage = the kernels.gae / kernels.p3o_advantage call; update = from the "
+        "Agent.get_value; advantage = the kernels.gae call / the kernels.p3o_targets + p3o_advantage calls; update = from the "
         "kernel's return to the last optimizer.step() of the iteration; other = the rest of the loop "
         "(storage, host/device copies, logging)",
     ]

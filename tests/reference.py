@@ -135,6 +135,30 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, precision, no
     return advantages, targets, known
 
 
+def p3o_targets_reference(rewards, terminations, truncations, mu_next):
+    """Value targets, known mask and live mask, each [T, H, N] (H = mu_next.shape[0]).
+
+    targets and known are p3o_reference's. live[t, k, env] = 1 where the target is a reward of
+    the rollout inside t's episode: j = t + k < T and no step t .. j-1 ended the episode (the
+    step that ends it still counts: its own reward is live). Post-termination zeros and
+    bootstrapped targets are not live.
+    """
+    T, N = _f64(rewards).shape
+    H = _f64(mu_next).shape[0]
+    _, targets, known = p3o_reference(
+        rewards, terminations, truncations, torch.zeros(T, H, N), mu_next, torch.zeros(H), "sum"
+    )
+    terminations, truncations = (_f64(x).tolist() for x in (terminations, truncations))
+    live = torch.zeros(T, H, N, dtype=torch.float64)
+    for env in range(N):
+        for t in range(T):
+            for k in range(H):
+                j = t + k
+                ended = any(terminations[i][env] != 0 or truncations[i][env] != 0 for i in range(t, min(j, T)))
+                live[t, k, env] = 1.0 if j < T and not ended else 0.0
+    return targets, known, live
+
+
 def precision_weights(sigma, sigma_r, c):
     """P3O weights lambda = max(0, 1 / sigma^2 - c / sigma_r^2), elementwise.
 

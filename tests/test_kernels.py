@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from cases import GAE_CASES, P3O_CASES, random_gae_inputs, random_p3o_inputs
 from p3o_kernel_loader import load_kernels
-from reference import gae_reference, p3o_reference, precision_weights
+from reference import gae_reference, p3o_reference, p3o_targets_reference, precision_weights
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 EXACT = dict(rtol=0.0, atol=0.0)
@@ -546,6 +546,54 @@ def test_p3o_sum_and_max_differ_only_by_row_scale(kernels):
     a_max, t_max, k_max = p3o(kernels, normalize="max", **inputs)
     assert_close(a_sum * 3.75, a_max * 2.0, **TOL)
     assert torch.equal(t_sum, t_max) and torch.equal(k_sum, k_max)
+
+
+# =============================================================================================
+# p3o_targets: the targets and known mask of p3o_advantage, plus the live mask (rewards of the
+# rollout inside the row's episode), which p3o.py uses to measure sigma[k].
+# =============================================================================================
+@pytest.mark.parametrize(
+    "terminations, truncations, expected_live",
+    [
+        # standard case (T = 4, H = 3): j = t + k >= 4 is past the rollout's end, never live
+        ((0, 0, 0, 0), (0, 0, 0, 0), [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0]]),
+        # terminated at step 1: its own reward is live, the zeros after it are not
+        ((0, 1, 0, 0), (0, 0, 0, 0), [[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]]),
+        # truncated at step 1: the same live rewards (the rest of the row is unknown)
+        ((0, 0, 0, 0), (0, 1, 0, 0), [[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]]),
+        # terminated at the last step: rows crossing the end have known zeros there, not live
+        ((0, 0, 0, 1), (0, 0, 0, 0), [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0]]),
+    ],
+)
+def test_p3o_targets_live_by_hand(kernels, terminations, truncations, expected_live):
+    inputs = dict(rewards=col(*R4), terminations=col(*terminations), truncations=col(*truncations), mu_next=col(10, 20, 30))
+    targets, known, live = kernels.p3o_targets(**inputs)
+    assert_close(live[..., 0], torch.tensor(expected_live, dtype=torch.float32), **EXACT)
+    _, adv_targets, adv_known = p3o(kernels, normalize="sum", mu=torch.full((4, 3, 1), 0.25), precision=torch.tensor(LAMBDA), **inputs)
+    assert torch.equal(targets, adv_targets) and torch.equal(known, adv_known)
+    for got, want in zip((targets, known, live), p3o_targets_reference(**inputs)):
+        assert_close(got.double(), want, **EXACT)
+
+
+@pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
+def test_p3o_targets_random_vs_reference(kernels, seed, T, H, N):
+    inputs = random_p3o_inputs(seed, T, H, N, per_state=False)
+    del inputs["mu"], inputs["precision"]
+    out = kernels.p3o_targets(**inputs)
+    for got, want in zip(out, p3o_targets_reference(**inputs)):
+        assert got.shape == (T, H, N) and got.dtype == torch.float32
+        assert_close(got.double(), want, **EXACT)
+
+
+@pytest.mark.parametrize(
+    "name, bad",
+    [("rewards", torch.zeros(3)), ("terminations", torch.zeros(3, 3)), ("truncations", torch.zeros(4, 2)), ("mu_next", torch.zeros(4))],
+)
+def test_p3o_targets_rejects_wrong_shape(kernels, name, bad):
+    inputs = dict(rewards=torch.zeros(3, 2), terminations=torch.zeros(3, 2), truncations=torch.zeros(3, 2), mu_next=torch.zeros(4, 2))
+    inputs[name] = bad
+    with pytest.raises(RuntimeError, match=rf"\b{name} must"):
+        kernels.p3o_targets(**inputs)
 
 
 # =============================================================================================

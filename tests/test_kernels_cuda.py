@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 from cases import GAE_CASES, P3O_CASES, random_gae_inputs, random_p3o_inputs
 from p3o_kernel_loader import load_kernels
-from reference import gae_reference, p3o_reference
+from reference import gae_reference, p3o_reference, p3o_targets_reference
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU visible to PyTorch: CUDA kernel tests need one"
@@ -79,6 +79,16 @@ def test_p3o_cuda_many_rows_vs_reference(cuda_kernels, normalize):
     assert_close(adv.cpu().double(), ref_adv, **TOL)
     assert_close(targets.cpu().double(), ref_targets, **EXACT)
     assert_close(known.cpu().double(), ref_known, **EXACT)
+
+
+@pytest.mark.parametrize("seed, T, H, N", P3O_CASES + [(202, 128, 64, 40)])
+def test_p3o_targets_cuda_vs_reference(cuda_kernels, seed, T, H, N):
+    inputs = random_p3o_inputs(seed, T, H, N, per_state=False)
+    del inputs["mu"], inputs["precision"]
+    out = cuda_kernels.p3o_targets(**on("cuda", inputs))
+    for got, want in zip(out, p3o_targets_reference(**inputs)):
+        assert got.is_cuda and got.shape == (T, H, N)
+        assert_close(got.cpu().double(), want, **EXACT)
 
 
 def test_gae_cpu_vs_cuda(cpu_kernels, cuda_kernels):

@@ -35,7 +35,10 @@ CLEANRL_METRICS = {
 }
 
 
-@pytest.mark.parametrize("script,extra", [("ppo_gae.py", []), ("p3o.py", ["--horizon", "64"])])
+@pytest.mark.parametrize(
+    "script,extra",
+    [("ppo_gae.py", []), ("p3o.py", ["--horizon", "64"]), ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma"])],
+)
 def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     result = run(script, *TINY, *extra, "--save-model", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -45,7 +48,8 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     tags = scalars(run_dir)
     assert CLEANRL_METRICS <= tags
     if script == "p3o.py":
-        assert {"p3o/sigma_r", "p3o/effective_horizon", "p3o/sigma/k000", "p3o/weight/k063"} <= tags
+        last_k = 63 if "--horizon" in extra else 31
+        assert {"p3o/sigma_r", "p3o/effective_horizon", "p3o/sigma/k000", f"p3o/weight/k{last_k:03d}"} <= tags
     checkpoint = next(run_dir.glob("*.pt"))
     evaluation = run(script, "--eval-checkpoint", str(checkpoint), "--eval-episodes", "1", "--device", "cpu", cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
@@ -63,6 +67,8 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("p3o.py", ["--chance-coef", "1.5"], "--chance-coef must be in [0, 1]"),
         ("p3o.py", ["--normalization", "mean"], "invalid choice 'mean'"),
         ("p3o.py", ["--gamma", "0.99"], "--gamma"),  # P3O has no gamma
+        ("p3o.py", ["--advantage-sigma", "oracle"], "invalid choice 'oracle'"),
+        ("p3o.py", ["--state-sigma"], "--state-sigma needs --advantage-sigma learned"),
     ],
 )
 def test_bad_arguments_fail_with_a_clear_message(tmp_path, script, flags, message):

@@ -195,6 +195,32 @@ torch::Tensor gae(torch::Tensor rewards, torch::Tensor values, torch::Tensor ter
     return advantages;
 }
 
+// Runs p3o_row for every (t, env): the CUDA kernel for CUDA tensors, else the host loop.
+// Optional arrays are nullptr: precision and advantages (targets only), live (not wanted).
+static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, int H,
+                     bool per_state, bool normalize_max, const float* rewards,
+                     const float* terminations, const float* truncations, const float* mu,
+                     const float* mu_next, const float* precision, float* advantages,
+                     float* targets, float* known, float* live) {
+#ifdef __CUDACC__
+    if (on_cuda) {
+        const c10::cuda::CUDAGuard guard(device);
+        const int threads = 256;
+        p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
+                     c10::cuda::getCurrentCUDAStream()>>>(
+            T, N, H, per_state, normalize_max, rewards, terminations, truncations, mu, mu_next,
+            precision, advantages, targets, known, live);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+    }
+#endif
+    at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t idx = begin; idx < end; ++idx)
+            p3o_row(idx / N, idx % N, T, N, H, per_state, normalize_max, rewards, terminations,
+                    truncations, mu, mu_next, precision, advantages, targets, known, live);
+    });
+}
+
 std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor terminations,
                                          torch::Tensor truncations, torch::Tensor mu,
                                          torch::Tensor mu_next, torch::Tensor precision,
@@ -213,28 +239,10 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
     auto advantages = torch::empty_like(rewards);
     auto targets = torch::empty_like(mu);
     auto known = torch::empty_like(mu);
-#ifdef __CUDACC__
-    if (mu.is_cuda()) {
-        const c10::cuda::CUDAGuard guard(device);
-        const int threads = 256;
-        p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
-                     c10::cuda::getCurrentCUDAStream()>>>(
-            T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
-            terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
-            mu_next.data_ptr<float>(), precision.data_ptr<float>(), advantages.data_ptr<float>(),
-            targets.data_ptr<float>(), known.data_ptr<float>(), nullptr);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return {advantages, targets, known};
-    }
-#endif
-    at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t idx = begin; idx < end; ++idx)
-            p3o_row(idx / N, idx % N, T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
-                    terminations.data_ptr<float>(), truncations.data_ptr<float>(),
-                    mu.data_ptr<float>(), mu_next.data_ptr<float>(), precision.data_ptr<float>(),
-                    advantages.data_ptr<float>(), targets.data_ptr<float>(),
-                    known.data_ptr<float>(), nullptr);
-    });
+    p3o_rows(mu.is_cuda(), device, T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
+             terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
+             mu_next.data_ptr<float>(), precision.data_ptr<float>(), advantages.data_ptr<float>(),
+             targets.data_ptr<float>(), known.data_ptr<float>(), nullptr);
     return {advantages, targets, known};
 }
 
@@ -253,26 +261,10 @@ std::vector<torch::Tensor> p3o_targets(torch::Tensor rewards, torch::Tensor term
     auto targets = torch::empty({T, H, N}, rewards.options());
     auto known = torch::empty_like(targets);
     auto live = torch::empty_like(targets);
-#ifdef __CUDACC__
-    if (rewards.is_cuda()) {
-        const c10::cuda::CUDAGuard guard(device);
-        const int threads = 256;
-        p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
-                     c10::cuda::getCurrentCUDAStream()>>>(
-            T, N, H, false, false, rewards.data_ptr<float>(), terminations.data_ptr<float>(),
-            truncations.data_ptr<float>(), nullptr, mu_next.data_ptr<float>(), nullptr, nullptr,
-            targets.data_ptr<float>(), known.data_ptr<float>(), live.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return {targets, known, live};
-    }
-#endif
-    at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t idx = begin; idx < end; ++idx)
-            p3o_row(idx / N, idx % N, T, N, H, false, false, rewards.data_ptr<float>(),
-                    terminations.data_ptr<float>(), truncations.data_ptr<float>(), nullptr,
-                    mu_next.data_ptr<float>(), nullptr, nullptr, targets.data_ptr<float>(),
-                    known.data_ptr<float>(), live.data_ptr<float>());
-    });
+    p3o_rows(rewards.is_cuda(), device, T, N, H, false, false, rewards.data_ptr<float>(),
+             terminations.data_ptr<float>(), truncations.data_ptr<float>(), nullptr,
+             mu_next.data_ptr<float>(), nullptr, nullptr, targets.data_ptr<float>(),
+             known.data_ptr<float>(), live.data_ptr<float>());
     return {targets, known, live};
 }
 

@@ -8,6 +8,8 @@ For each size (N envs x T steps, and H for P3O) it times, in the same run and on
   - kernels.p3o_advantage   vs  p3o_vectorized: all (t, k, env) at once, from unfold windows over the
                                 rewards padded with the bootstrap mu_next and masks from where each
                                 row's episode first ends (termination or truncation)
+  - kernels.p3o_targets     vs  p3o_targets_vectorized: the same masks and targets, no advantage
+                                (p3o.py calls it first, to measure sigma on the live rewards)
   - the plain-loop references of tests/reference.py, on the smallest size only (they are slow).
 Before timing a size, the vectorized outputs are checked against the kernel's (torch.allclose); a
 mismatch is printed loudly and marked in the table (and the exit status is 1).
@@ -90,10 +92,11 @@ def gae_vectorized(rewards, values, terminations, truncations, next_value, final
     return advantages
 
 
-def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max):
-    """P3O advantages [T, N], targets and known mask [T, H, N], over all (t, k, env) at once."""
-    T, H, N = mu.shape
-    device = mu.device
+def p3o_rows_vectorized(rewards, terminations, truncations, mu_next):
+    """Targets, known, live and usable masks [T, H, N] of every P3O row, all (t, k, env) at once."""
+    T, N = rewards.shape
+    H = mu_next.shape[0]
+    device = rewards.device
     # y_j for j = 0 .. T+H-1: the rewards, then the bootstrap predictions past the rollout's end
     y = torch.cat([rewards, mu_next])  # [T + H, N]
     y = y.unfold(0, H, 1)[:T].permute(0, 2, 1)  # [T, H, N]: y[t, k] = y_{t+k}
@@ -110,7 +113,19 @@ def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, n
     by_term = ended_by_term[:, None, :]
     targets = torch.where(ended, 0.0, y)
     known = torch.where(ended, by_term, j < T).float()
+    live = (~ended & (j < T)).float()
     usable = ~ended | by_term  # after a truncation the row stops
+    return targets, known, live, usable
+
+
+def p3o_targets_vectorized(rewards, terminations, truncations, mu_next):
+    """What kernels.p3o_targets returns: targets, known and live masks [T, H, N]."""
+    return p3o_rows_vectorized(rewards, terminations, truncations, mu_next)[:3]
+
+
+def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max):
+    """P3O advantages [T, N], targets and known mask [T, H, N], over all (t, k, env) at once."""
+    targets, known, _, usable = p3o_rows_vectorized(rewards, terminations, truncations, mu_next)
     lam = precision if precision.dim() == 3 else precision[None, :, None]
     lam = lam * usable
     weighted_error = (lam * (targets - mu)).sum(1)
@@ -148,6 +163,10 @@ def gae_bytes(T, N):
     return 4 * (6 * T * N + N)
 
 
+def p3o_targets_bytes(T, N, H):
+    return 4 * (3 * T * N + H * N + 3 * T * H * N)  # read rewards, flags, mu_next; write 3 masks
+
+
 def p3o_bytes(T, N, H, per_state):
     reads = 3 * T * N + T * H * N + H * N + (T * H * N if per_state else H)  # rewards, flags, mu, mu_next, precision
     writes = T * N + 2 * T * H * N  # advantages, targets, known
@@ -169,10 +188,10 @@ def median_us(fn, repeats, warmup, cuda):
     return statistics.median(times) * 1e6
 
 
-def check_close(name, got, want, atol=1e-5, rtol=1e-4):
+def check_close(name, got, want, atol=1e-5, rtol=1e-4, labels=("advantages", "targets", "known")):
     """None if all close, else a one-line description of the worst difference."""
     problems = []
-    for label, a, b in zip(("advantages", "targets", "known"), got, want):
+    for label, a, b in zip(labels, got, want):
         a, b = a.double().cpu(), b.double().cpu()
         if a.shape != b.shape:
             problems.append(f"{label}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -216,10 +235,10 @@ def main(argv=None):
     kernels = load_kernels(device)
     try:
         sys.path.insert(0, str(ROOT / "tests"))
-        from reference import gae_reference, p3o_reference
+        from reference import gae_reference, p3o_reference, p3o_targets_reference
     except ImportError as error:
         print(f"note: tests/reference.py not usable ({error}); the reference column stays empty")
-        gae_reference = p3o_reference = None
+        gae_reference = p3o_reference = p3o_targets_reference = None
     normalize_max = args.normalization == "max"
     T = args.num_steps
     smallest_n, smallest_h = min(args.num_envs), min(args.horizons)
@@ -233,7 +252,7 @@ def main(argv=None):
                    achieved_gbps=gbps, fraction_of_peak=gbps / peak if gbps and peak else None,
                    check=check or "ok")
         rows.append(row)
-        print(f"{kind:4s} N={N:5d} T={T} H={H or '-':>4} | kernel {kernel_us:10.1f} us | vectorized "
+        print(f"{kind:11s} N={N:5d} T={T} H={H or '-':>4} | kernel {kernel_us:10.1f} us | vectorized "
               f"{vec_us:10.1f} us | x{vec_us / kernel_us:7.2f}"
               + (f" | reference {ref_us:12.1f} us" if ref_us else "")
               + (f" | {gbps:8.1f} GB/s" if gbps else "")
@@ -270,6 +289,22 @@ def main(argv=None):
             vec_us = median_us(vec_fn, args.repeats, args.warmup, cuda)
             record("p3o", N, H, kernel_us, vec_us, ref_us, p3o_bytes(T, N, H, args.per_state_precision), check)
             mismatches += [check] if check else []
+            # P3O targets: p3o.py's first pass (live rewards for sigma), same row walk
+            targets_in = (p3o_in[0], p3o_in[1], p3o_in[2], p3o_in[4])  # rewards, flags, mu_next
+            labels = ("targets", "known", "live")
+            kernel_fn = lambda: kernels.p3o_targets(*targets_in)  # noqa: E731
+            vec_fn = lambda: p3o_targets_vectorized(*targets_in)  # noqa: E731
+            check = check_close(f"p3o_targets N={N} H={H}", vec_fn(), kernel_fn(), labels=labels)
+            ref_us = None
+            if N == smallest_n and H == smallest_h and p3o_targets_reference is not None and args.reference_repeats > 0:
+                ref_fn = lambda: p3o_targets_reference(*targets_in)  # noqa: E731
+                check = check or check_close(f"p3o_targets N={N} H={H} (kernel vs reference)", kernel_fn(), ref_fn(), labels=labels)
+                ref_us = median_us(ref_fn, args.reference_repeats, 0, cuda)
+            kernel_us = median_us(kernel_fn, args.repeats, args.warmup, cuda)
+            vec_us = median_us(vec_fn, args.repeats, args.warmup, cuda)
+            record("p3o_targets", N, H, kernel_us, vec_us, ref_us, p3o_targets_bytes(T, N, H), check)
+            mismatches += [check] if check else []
+            del targets_in
             del p3o_in
             if cuda:
                 torch.cuda.empty_cache()

@@ -304,8 +304,7 @@ def main(argv=None):
             vec_us = median_us(vec_fn, args.repeats, args.warmup, cuda)
             record("p3o_targets", N, H, kernel_us, vec_us, ref_us, p3o_targets_bytes(T, N, H), check)
             mismatches += [check] if check else []
-            del targets_in
-            del p3o_in
+            p3o_in = targets_in = None  # free this size's inputs before the next
             if cuda:
                 torch.cuda.empty_cache()
 

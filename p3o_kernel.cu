@@ -195,6 +195,16 @@ torch::Tensor gae(torch::Tensor rewards, torch::Tensor values, torch::Tensor ter
     return advantages;
 }
 
+// The inputs both P3O bindings read: rewards and flags [T, N], bootstrap predictions [H, N].
+static void check_row_inputs(const torch::Tensor& rewards, const torch::Tensor& terminations,
+                             const torch::Tensor& truncations, const torch::Tensor& mu_next,
+                             int T, int N, int H, const torch::Device& device) {
+    check_tensor(rewards, "rewards", {T, N}, device);
+    check_tensor(terminations, "terminations", {T, N}, device);
+    check_tensor(truncations, "truncations", {T, N}, device);
+    check_tensor(mu_next, "mu_next", {H, N}, device);
+}
+
 // Runs p3o_row for every (t, env): the CUDA kernel for CUDA tensors, else the host loop.
 // Optional arrays are nullptr: precision and advantages (targets only), live (not wanted).
 static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, int H,
@@ -228,11 +238,8 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
     TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", shape_str(mu.sizes()));
     const int T = mu.size(0), H = mu.size(1), N = mu.size(2);
     const auto device = mu.device();
-    check_tensor(rewards, "rewards", {T, N}, device);
-    check_tensor(terminations, "terminations", {T, N}, device);
-    check_tensor(truncations, "truncations", {T, N}, device);
+    check_row_inputs(rewards, terminations, truncations, mu_next, T, N, H, device);
     check_tensor(mu, "mu", {T, H, N}, device);
-    check_tensor(mu_next, "mu_next", {H, N}, device);
     const bool per_state = precision.dim() == 3;
     check_tensor(precision, "precision", per_state ? at::IntArrayRef({T, H, N}) : at::IntArrayRef({H}),
                  device);
@@ -254,10 +261,7 @@ std::vector<torch::Tensor> p3o_targets(torch::Tensor rewards, torch::Tensor term
     TORCH_CHECK(mu_next.dim() == 2, "mu_next must be [H, N], got ", shape_str(mu_next.sizes()));
     const int T = rewards.size(0), N = rewards.size(1), H = mu_next.size(0);
     const auto device = rewards.device();
-    check_tensor(rewards, "rewards", {T, N}, device);
-    check_tensor(terminations, "terminations", {T, N}, device);
-    check_tensor(truncations, "truncations", {T, N}, device);
-    check_tensor(mu_next, "mu_next", {H, N}, device);
+    check_row_inputs(rewards, terminations, truncations, mu_next, T, N, H, device);
     auto targets = torch::empty({T, H, N}, rewards.options());
     auto known = torch::empty_like(targets);
     auto live = torch::empty_like(targets);

@@ -191,7 +191,8 @@ def median_us(fn, repeats, warmup, cuda):
 def check_close(name, got, want, atol=1e-5, rtol=1e-4, labels=("advantages", "targets", "known")):
     """None if all close, else a one-line description of the worst difference."""
     problems = []
-    for label, a, b in zip(labels, got, want):
+    as_tuple = lambda x: x if isinstance(x, (tuple, list)) else (x,)  # noqa: E731
+    for label, a, b in zip(labels, as_tuple(got), as_tuple(want)):
         a, b = a.double().cpu(), b.double().cpu()
         if a.shape != b.shape:
             problems.append(f"{label}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -259,51 +260,37 @@ def main(argv=None):
               + (f" ({100 * gbps / peak:.1f}% of peak)" if gbps and peak else "")
               + ("" if not check else "  <-- " + check), flush=True)
 
-    for N in args.num_envs:
-        # GAE
-        gae_in, _ = make_inputs(T, N, 1, device, False, args.seed)
-        kernel_fn = lambda: kernels.gae(*gae_in, GAMMA, LAM)  # noqa: E731
-        vec_fn = lambda: gae_vectorized(*gae_in, GAMMA, LAM)  # noqa: E731
-        check = check_close(f"gae N={N}", (vec_fn(),), (kernel_fn(),))
+    def measure(kind, N, H, kernel_fn, vec_fn, ref_fn, nbytes, labels=("advantages", "targets", "known")):
+        """Check the vectorized (and, given ref_fn, the reference) outputs against the kernel's, then time."""
+        name = f"{kind} N={N}" + (f" H={H}" if H else "")
+        check = check_close(name, vec_fn(), kernel_fn(), labels=labels)
         ref_us = None
-        if N == smallest_n and gae_reference is not None and args.reference_repeats > 0:
-            ref_fn = lambda: gae_reference(*gae_in, GAMMA, LAM)  # noqa: E731
-            check = check or check_close(f"gae N={N} (kernel vs reference)", (kernel_fn(),), (ref_fn(),))
+        if ref_fn is not None and args.reference_repeats > 0:
+            check = check or check_close(f"{name} (kernel vs reference)", kernel_fn(), ref_fn(), labels=labels)
             ref_us = median_us(ref_fn, args.reference_repeats, 0, cuda)
         kernel_us = median_us(kernel_fn, args.repeats, args.warmup, cuda)
         vec_us = median_us(vec_fn, args.repeats, args.warmup, cuda)
-        record("gae", N, None, kernel_us, vec_us, ref_us, gae_bytes(T, N), check)
-        mismatches += [check] if check else []
-        # P3O
+        record(kind, N, H, kernel_us, vec_us, ref_us, nbytes, check)
+        mismatches.extend([check] if check else [])
+
+    for N in args.num_envs:
+        gae_in, _ = make_inputs(T, N, 1, device, False, args.seed)
+        with_ref = N == smallest_n and gae_reference is not None
+        measure("gae", N, None, lambda: kernels.gae(*gae_in, GAMMA, LAM), lambda: gae_vectorized(*gae_in, GAMMA, LAM),
+                (lambda: gae_reference(*gae_in, GAMMA, LAM)) if with_ref else None, gae_bytes(T, N))
         for H in args.horizons:
             _, p3o_in = make_inputs(T, N, H, device, args.per_state_precision, args.seed)
-            kernel_fn = lambda: kernels.p3o_advantage(*p3o_in, normalize_max)  # noqa: E731
-            vec_fn = lambda: p3o_vectorized(*p3o_in, normalize_max)  # noqa: E731
-            check = check_close(f"p3o N={N} H={H}", vec_fn(), kernel_fn())
-            ref_us = None
-            if N == smallest_n and H == smallest_h and p3o_reference is not None and args.reference_repeats > 0:
-                ref_fn = lambda: p3o_reference(*p3o_in, args.normalization)  # noqa: E731
-                check = check or check_close(f"p3o N={N} H={H} (kernel vs reference)", kernel_fn(), ref_fn())
-                ref_us = median_us(ref_fn, args.reference_repeats, 0, cuda)
-            kernel_us = median_us(kernel_fn, args.repeats, args.warmup, cuda)
-            vec_us = median_us(vec_fn, args.repeats, args.warmup, cuda)
-            record("p3o", N, H, kernel_us, vec_us, ref_us, p3o_bytes(T, N, H, args.per_state_precision), check)
-            mismatches += [check] if check else []
+            smallest = N == smallest_n and H == smallest_h
+            measure("p3o", N, H, lambda: kernels.p3o_advantage(*p3o_in, normalize_max),
+                    lambda: p3o_vectorized(*p3o_in, normalize_max),
+                    (lambda: p3o_reference(*p3o_in, args.normalization)) if smallest and p3o_reference else None,
+                    p3o_bytes(T, N, H, args.per_state_precision))
             # P3O targets: p3o.py's first pass (live rewards for sigma), same row walk
             targets_in = (p3o_in[0], p3o_in[1], p3o_in[2], p3o_in[4])  # rewards, flags, mu_next
-            labels = ("targets", "known", "live")
-            kernel_fn = lambda: kernels.p3o_targets(*targets_in)  # noqa: E731
-            vec_fn = lambda: p3o_targets_vectorized(*targets_in)  # noqa: E731
-            check = check_close(f"p3o_targets N={N} H={H}", vec_fn(), kernel_fn(), labels=labels)
-            ref_us = None
-            if N == smallest_n and H == smallest_h and p3o_targets_reference is not None and args.reference_repeats > 0:
-                ref_fn = lambda: p3o_targets_reference(*targets_in)  # noqa: E731
-                check = check or check_close(f"p3o_targets N={N} H={H} (kernel vs reference)", kernel_fn(), ref_fn(), labels=labels)
-                ref_us = median_us(ref_fn, args.reference_repeats, 0, cuda)
-            kernel_us = median_us(kernel_fn, args.repeats, args.warmup, cuda)
-            vec_us = median_us(vec_fn, args.repeats, args.warmup, cuda)
-            record("p3o_targets", N, H, kernel_us, vec_us, ref_us, p3o_targets_bytes(T, N, H), check)
-            mismatches += [check] if check else []
+            measure("p3o_targets", N, H, lambda: kernels.p3o_targets(*targets_in),
+                    lambda: p3o_targets_vectorized(*targets_in),
+                    (lambda: p3o_targets_reference(*targets_in)) if smallest and p3o_targets_reference else None,
+                    p3o_targets_bytes(T, N, H), labels=("targets", "known", "live"))
             p3o_in = targets_in = None  # free this size's inputs before the next
             if cuda:
                 torch.cuda.empty_cache()

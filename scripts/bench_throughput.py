@@ -104,7 +104,8 @@ class Recorder:
         if self.sync_enabled and self.torch.cuda.is_initialized():
             self.torch.cuda.synchronize()
 
-    def timed(self, phase, fn, phase_of_call=None):
+    def timed(self, phase, fn, phase_of_call=None, counted=True):
+        """fn, timed into `phase`; counted=False adds its time but not a call (part of a counted step)."""
         @functools.wraps(fn)
         def wrapper(*a, **kw):
             if self.active:
@@ -121,7 +122,7 @@ class Recorder:
                 end = time.perf_counter()
                 if name is not None:
                     self.seconds[name] += end - start
-                    self.calls[name] += 1
+                    self.calls[name] += counted
             return result
 
         return wrapper
@@ -171,14 +172,7 @@ def instrument(rec: Recorder):
         def __getattr__(self, name):
             attr = getattr(self._module, name)
             if name == "p3o_targets":  # p3o.py's first pass (live rewards for sigma): same step, counted once
-                timed_targets = rec.timed("advantage", attr)
-
-                def targets_call(*a, **kw):
-                    result = timed_targets(*a, **kw)
-                    rec.calls["advantage"] -= 1
-                    return result
-
-                return targets_call
+                return rec.timed("advantage", attr, counted=False)
             if name not in ("gae", "p3o_advantage"):
                 return attr
             timed = rec.timed("advantage", attr)

@@ -46,12 +46,6 @@ def load_kernels(device: torch.device):
         cpp_extension.verify_ninja_availability()
     except RuntimeError:
         raise KernelBuildError("Building p3o_kernel.cu needs ninja: pip install ninja") from None
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise KernelBuildError(
-            f"Building p3o_kernel.cu needs a C++ compiler, and '{compiler}' was not found. "
-            "Install one (Debian/Ubuntu: apt-get install g++) or point $CXX at it."
-        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise KernelBuildError("load_kernels('cuda') was asked for, but PyTorch sees no CUDA GPU")
@@ -68,6 +62,12 @@ def load_kernels(device: torch.device):
     build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))  # torch's own choice of folder
     with build_lock(build_dir):
         fresh = is_built(build_dir, name, source)
+        compiler = os.environ.get("CXX", "c++")
+        if not fresh and shutil.which(compiler) is None:
+            raise KernelBuildError(
+                f"Building p3o_kernel.cu needs a C++ compiler, and '{compiler}' was not found. "
+                "Install one (Debian/Ubuntu: apt-get install g++) or point $CXX at it."
+            )
         if not fresh:
             what = "for the GPU with nvcc" if device.type == "cuda" else "for the CPU with the C++ compiler"
             print(f"Compiling p3o_kernel.cu {what} (once; about a minute) into {build_dir} ...", flush=True)

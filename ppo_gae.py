@@ -355,7 +355,8 @@ def load_checkpoint(path: str, flag: str, device: torch.device) -> dict:
         script = checkpoint.get("script") or ("p3o.py" if "horizon" in checkpoint["args"] else "ppo_gae.py")
         checkpoint["model"]
     except Exception as error:
-        sys.exit(f"error: {flag} {path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:200]})")
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}" if str(error) else type(error).__name__
+        sys.exit(f"error: {flag} {path} is not a checkpoint of these scripts, or is damaged ({reason})")
     if script != SCRIPT:
         sys.exit(f"error: {flag} {path} is a checkpoint of {script}, not of {SCRIPT}: python {script} {flag} {path}")
     return checkpoint
@@ -461,9 +462,10 @@ def evaluate(args: Args, device: torch.device) -> None:
             if len(scores[i]) < games_per_env[i]:
                 scores[i].append(float(final["episode"]["r"][i]))
     scores = [score for env_scores in scores for score in env_scores]
+    games = f"{min(games_per_env)}" + ("" if min(games_per_env) == max(games_per_env) else f" or {max(games_per_env)}")
     print(
-        f"{train_args.env_id}: {len(scores)} games ({num_envs} envs, the first {min(games_per_env)}-{max(games_per_env)} "
-        f"games of each), score {np.mean(scores):.1f} +- {np.std(scores):.1f}: {scores}"
+        f"{train_args.env_id}: {len(scores)} games (the first {games} of each of {num_envs} envs, started together), "
+        f"score {np.mean(scores):.1f} +- {np.std(scores):.1f}: {scores}"
     )
     envs.close()
 
@@ -676,7 +678,7 @@ if __name__ == "__main__":
             line = f"step {global_step:>10,}/{args.num_iterations * args.batch_size:,} | SPS {sps:>6,} | return (last 20 games) {score}"
             print("\r" + line, end="\n" if last else "", flush=True)
         if iteration <= 10 and entropy_loss.item() < 0.01 * math.log(envs.single_action_space.n) and not warned:
-            print(f"\nWarning: iteration {iteration}: the policy's entropy fell to {entropy_loss.item():.2g} "
+            print(("\n" if sys.stdout.isatty() else "") + f"Warning: iteration {iteration}: the policy's entropy fell to {entropy_loss.item():.2g} "
                   f"(uniform: {math.log(envs.single_action_space.n):.2g}); it stopped exploring in its first updates. "
                   "Is --learning-rate too large?", flush=True)
             warned = True

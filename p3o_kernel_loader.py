@@ -101,9 +101,7 @@ class build_lock:
     def __enter__(self):
         path = self.build_dir / "p3o_build.flock"
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self.try_lock(seconds=2.0):  # loading a cached build holds it for about a second: no message
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
             print(
                 f"Waiting for another process (pid {holder}) that is building or loading p3o_kernel.cu "
@@ -117,8 +115,38 @@ class build_lock:
         if stale.exists():  # nobody holds the flock but us, so the process that made this lock is gone
             print(f"Removing the lock file a killed build left behind: {stale}", flush=True)
             stale.unlink()
+            wait_for_orphans(self.build_dir)
         return self
+
+    def try_lock(self, seconds: float) -> bool:
+        deadline = time.time() + seconds
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.time() > deadline:
+                    return False
+                time.sleep(0.1)
 
     def __exit__(self, *exc):
         os.ftruncate(self.fd, 0)
         os.close(self.fd)  # releases the flock
+
+
+def wait_for_orphans(build_dir: Path) -> None:
+    """Wait for the ninja and compiler processes a killed build left running in build_dir (Linux: /proc)."""
+    def orphans():
+        pids = []
+        for cwd in Path("/proc").glob("[0-9]*/cwd"):
+            try:
+                if cwd.resolve() == build_dir.resolve():
+                    pids.append(cwd.parent.name)
+            except OSError:  # gone meanwhile, or not ours to read
+                pass
+        return pids
+
+    if pids := orphans():
+        print(f"Waiting for the compiler left running by that build (pids {', '.join(pids)}) to finish ...", flush=True)
+        while orphans():
+            time.sleep(0.5)

@@ -53,7 +53,7 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     checkpoint = next(run_dir.glob("*.pt"))
     evaluation = run(script, "--eval-checkpoint", str(checkpoint), "--eval-episodes", "1", "--device", "cpu", cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    assert "Breakout: 1 games, score" in evaluation.stdout
+    assert "Breakout: 1 games (the first 1 of each of 1 envs, started together), score" in evaluation.stdout
 
 
 @pytest.mark.parametrize(

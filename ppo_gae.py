@@ -359,6 +359,8 @@ def load_checkpoint(path: str, flag: str, device: torch.device) -> dict:
         sys.exit(f"error: {flag} {path} is not a checkpoint of these scripts, or is damaged ({reason})")
     if script != SCRIPT:
         sys.exit(f"error: {flag} {path} is a checkpoint of {script}, not of {SCRIPT}: python {script} {flag} {path}")
+    if flag == "--resume" and "optimizer" not in checkpoint:
+        sys.exit(f"error: --resume {path} holds a model only (--save-model); a run resumes from its runs/NAME/checkpoint.pt")
     return checkpoint
 
 

@@ -70,10 +70,8 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("p3o.py", ["--advantage-sigma", "oracle"], "invalid choice 'oracle'"),
         ("p3o.py", ["--state-sigma"], "--state-sigma needs --advantage-sigma learned"),
         ("ppo_gae.py", ["--batch-size", "64"], "Unrecognized"),  # computed, not a flag
-        ("p3o.py", ["--num-iterations", "3"], "Unrecognized"),
         ("ppo_gae.py", ["--env-id", "Pendulum-v1", "--device", "cpu"], "Pendulum-v1 has the action space Box"),
         ("p3o.py", ["--resume", "auto"], "--resume auto needs --run-name"),
-        ("ppo_gae.py", ["--resume", "missing.pt"], "--resume missing.pt: no such file"),
         ("ppo_gae.py", ["--eval-checkpoint", "missing.pt"], "--eval-checkpoint missing.pt: no such file"),
         ("p3o.py", ["--eval-checkpoint", "."], "--eval-checkpoint .: is a folder, not a checkpoint file"),
     ],

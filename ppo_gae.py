@@ -510,7 +510,6 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
-        wandb_id = checkpoint["wandb_id"] if checkpoint and checkpoint.get("wandb_id") else wandb.util.generate_id()
         wandb.init(
             project=args.wandb_project_name,
             entity=args.wandb_entity,
@@ -518,7 +517,7 @@ if __name__ == "__main__":
             sync_tensorboard=True,
             config=vars(args),
             name=run_name,
-            id=wandb_id,
+            id=checkpoint.get("wandb_id") if checkpoint else None,  # a resumed run continues its W&B run
             resume="allow",
             save_code=True,
         )

@@ -15,8 +15,9 @@ when p3o_kernel.cu changes.
 Interrupted builds: PyTorch guards a build folder with a `lock` file that a killed build leaves
 behind, and every later load then waits on it forever. Here each load first takes an flock on
 `p3o_build.flock` in the build folder, which the operating system releases when its holder exits,
-however it exits. Holding it, a `lock` file can only be a dead build's, and is removed; waiting
-for it, the run says which process it waits for.
+however it exits. Holding it, a `lock` file can only be a dead build's (every load goes through
+this lock), and is removed, after any compiler that build left running has finished; waiting for
+it more than 2 s, the run says which process it waits for. (Linux and macOS: fcntl.flock.)
 """
 
 import fcntl

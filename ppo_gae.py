@@ -2,21 +2,27 @@
 
     python ppo_gae.py --env-id Breakout                  # train (10M steps, CleanRL's settings)
     python ppo_gae.py --eval-checkpoint runs/<run>/ppo_gae.pt   # score a saved agent
+    python ppo_gae.py --resume runs/<run>/checkpoint.pt          # continue an interrupted run
 
 The file reads top to bottom: arguments, environment, agent, then the training loop
 (rollout, advantage, update, logging). p3o.py is this file with the advantage replaced;
 `diff ppo_gae.py p3o.py` shows exactly what P3O changes.
 """
 
+import dataclasses
 import difflib
 import importlib
+import math
+import netrc
 import os
 import random
+import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Optional
+from urllib.parse import urlparse
 
 import ale_py
 import gymnasium as gym
@@ -28,7 +34,11 @@ import tyro
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-from p3o_kernel_loader import load_kernels
+from p3o_kernel_loader import KernelBuildError, load_kernels
+
+SCRIPT = os.path.basename(__file__)
+# Checked once per update by check_finite below, instead of at every call (each check a device sync)
+torch.distributions.Distribution.set_default_validate_args(False)
 
 
 @dataclass
@@ -55,6 +65,14 @@ class Args:
     """if given, skip training: load this checkpoint and print its score over `eval_episodes` games"""
     eval_episodes: int = 10
     """the number of full games played by `--eval-checkpoint`"""
+    run_name: Optional[str] = None
+    """the run's folder is runs/{run_name}; default: {env_id}__{exp_name}__{seed}__{unix time}"""
+    checkpoint_every: float = 600.0
+    """seconds between checkpoints to runs/{run_name}/checkpoint.pt (checked once per iteration); one is
+    also written at the end and on Ctrl-C or SIGTERM; 0: only then"""
+    resume: Optional[str] = None
+    """continue a run from a checkpoint file; `auto`: from runs/{run_name}/checkpoint.pt if it exists,
+    else start afresh. The environments restart at the resume point."""
 
     # Environment
     env_id: str = "Breakout"
@@ -99,13 +117,13 @@ class Args:
     target_kl: Optional[float] = None
     """if set, an update stops early once the approximate KL exceeds it"""
 
-    # Filled in at runtime
-    batch_size: int = 0
+    # Filled in at runtime (not flags)
+    batch_size: tyro.conf.Suppress[int] = 0
     """num_envs * num_steps"""
-    minibatch_size: int = 0
+    minibatch_size: tyro.conf.Suppress[int] = 0
     """batch_size // num_minibatches"""
-    num_iterations: int = 0
-    """total_timesteps // batch_size"""
+    num_iterations: tyro.conf.Suppress[int] = 0
+    """total_timesteps / batch_size, rounded up"""
 
 
 def check_args(args: Args) -> None:
@@ -136,8 +154,28 @@ def check_args(args: Args) -> None:
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         errors.append("--device cuda was asked for, but PyTorch sees no CUDA GPU (use --device cpu or auto)")
+    if args.checkpoint_every < 0:
+        errors.append(f"--checkpoint-every must not be negative, got {args.checkpoint_every}")
+    if args.resume == "auto" and args.run_name is None:
+        errors.append("--resume auto needs --run-name (it continues runs/{run_name}/checkpoint.pt)")
+    if args.track and args.wandb_mode == "online" and not wandb_logged_in():
+        errors.append(
+            "--track needs a Weights and Biases login: run `wandb login` (or set WANDB_API_KEY), "
+            "or add --wandb-mode offline to sync later"
+        )
     if errors:
         sys.exit("error: " + "\n       ".join(errors))
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B has an API key, found without a prompt or the network: $WANDB_API_KEY or ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +369,9 @@ def make_envs(args: Args):
         [make_env(kind, env_id, args.sticky_actions) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # obs after a done step is the new episode's first
     )
-    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action spaces are supported"
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        sys.exit(f"error: --env-id {args.env_id} has the action space {envs.single_action_space}; "
+                 f"{SCRIPT} supports discrete action spaces only")
     return envs
 
 
@@ -344,45 +384,167 @@ def finished_episodes(infos):
     return list(zip(final["episode"]["r"][done], final["episode"]["l"][done]))
 
 
+def load_checkpoint(path: str, flag: str, device: torch.device) -> dict:
+    """Load a checkpoint of this script, or exit with one line saying what is wrong with it."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {flag} {path}: " + ("is a folder, not a checkpoint file" if os.path.isdir(path) else "no such file"))
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        script = checkpoint.get("script") or ("p3o.py" if "horizon" in checkpoint["args"] else "ppo_gae.py")
+        checkpoint["model"]
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}" if str(error) else type(error).__name__
+        sys.exit(f"error: {flag} {path} is not a checkpoint of these scripts, or is damaged ({reason})")
+    if script != SCRIPT:
+        sys.exit(f"error: {flag} {path} is a checkpoint of {script}, not of {SCRIPT}: python {script} {flag} {path}")
+    if flag == "--resume" and "optimizer" not in checkpoint:
+        sys.exit(f"error: --resume {path} holds a model only (--save-model); a run resumes from its runs/NAME/checkpoint.pt")
+    return checkpoint
+
+
+def saved_args(checkpoint: dict) -> Args:
+    """The Args a checkpoint was trained with (fields that no longer exist are dropped)."""
+    return Args(**{k: v for k, v in checkpoint["args"].items() if k in Args.__dataclass_fields__})
+
+
+def resumed_args(args: Args, checkpoint: dict, path: str) -> Args:
+    """The checkpoint's settings; a flag given on the command line may only change how the run is hosted."""
+    hosting = {"device", "track", "wandb_project_name", "wandb_entity", "wandb_mode", "save_model", "checkpoint_every", "resume"}
+    saved, default = saved_args(checkpoint), Args()
+    for field in dataclasses.fields(Args):
+        given = getattr(args, field.name)
+        if given == getattr(default, field.name) or given == getattr(saved, field.name):
+            continue
+        if field.name not in hosting:
+            flag = "--" + field.name.replace("_", "-")
+            sys.exit(f"error: {flag} {given} differs from the resumed run's {getattr(saved, field.name)} ({path}); "
+                     "a resumed run keeps its settings")
+        setattr(saved, field.name, given)
+    return saved
+
+
+def rng_states() -> dict:
+    """The random generators' states, as plain tensors and lists (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: a run killed while saving keeps its previous checkpoint."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+class StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM: during training, finish the iteration, save a checkpoint and exit with
+    128 + the signal's number (130, 143); before training, or at a second signal, exit at once."""
+
+    def __init__(self):
+        self.signum, self.training, self.pid = None, False, os.getpid()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a forked env worker: the main process decides when to stop
+            return
+        if self.training and self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this iteration to save a checkpoint "
+                  "(send it again to quit at once)", flush=True)
+        else:
+            print(f"\n{signal.Signals(signum).name}: stopped", flush=True)
+            sys.exit(128 + signum)
+
+
+def check_finite(iteration: int, **quantities: torch.Tensor) -> None:
+    """Stop at the first quantity holding a NaN or an infinity (one device sync for all of them)."""
+    finite = torch.stack([quantity.isfinite().all() for quantity in quantities.values()]).tolist()
+    for name, ok in zip(quantities, finite):
+        if not ok:
+            sys.exit(
+                f"error: iteration {iteration}: the {name.replace('_', ' ')} is not finite (NaN or inf); training "
+                "diverged. Try a smaller --learning-rate (or --max-grad-norm), or rewards on a smaller scale"
+            )
+
+
 def evaluate(args: Args, device: torch.device) -> None:
-    """Play `eval_episodes` full games with a saved agent and print the scores."""
-    checkpoint = torch.load(args.eval_checkpoint, map_location=device, weights_only=False)
-    train_args = Args(**{**checkpoint["args"], "num_envs": min(args.eval_episodes, 8), "seed": args.seed})
+    """Score a saved agent on `eval_episodes` games: up to 8 envs start together and each plays a fixed
+    number of games, so that short games are not favoured over long ones."""
+    checkpoint = load_checkpoint(args.eval_checkpoint, "--eval-checkpoint", device)
+    num_envs = min(args.eval_episodes, 8)
+    train_args = dataclasses.replace(saved_args(checkpoint), num_envs=num_envs, seed=args.seed)
     envs = make_envs(train_args)
     agent = Agent(envs).to(device)
     agent.load_state_dict(checkpoint["model"])
+    games_per_env = [args.eval_episodes // num_envs + (i < args.eval_episodes % num_envs) for i in range(num_envs)]
+    scores = [[] for _ in range(num_envs)]  # each env's first games_per_env[i] scores
     next_obs, _ = envs.reset(seed=args.seed)
-    scores = []
-    while len(scores) < args.eval_episodes:
+    while any(len(env_scores) < games for env_scores, games in zip(scores, games_per_env)):
         with torch.no_grad():
             action, _, _, _ = agent.get_action_and_value(torch.as_tensor(next_obs, device=device))
         next_obs, _, _, _, infos = envs.step(action.cpu().numpy())
-        scores += [float(score) for score, _ in finished_episodes(infos)]
-    scores = scores[: args.eval_episodes]
-    print(f"{train_args.env_id}: {len(scores)} games, score {np.mean(scores):.1f} +- {np.std(scores):.1f}: {scores}")
+        final = infos.get("final_info", {})
+        for i in np.flatnonzero(final.get("_episode", [])):
+            if len(scores[i]) < games_per_env[i]:
+                scores[i].append(float(final["episode"]["r"][i]))
+    scores = [score for env_scores in scores for score in env_scores]
+    games = f"{min(games_per_env)}" + ("" if min(games_per_env) == max(games_per_env) else f" or {max(games_per_env)}")
+    print(
+        f"{train_args.env_id}: {len(scores)} games (the first {games} of each of {num_envs} envs, started together), "
+        f"score {np.mean(scores):.1f} +- {np.std(scores):.1f}: {scores}"
+    )
     envs.close()
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args)
+    stop = StopSignal()
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     print(f"Using device: {device}" + ("" if device.type == "cuda" else " (no CUDA GPU visible to PyTorch)"))
     if args.eval_checkpoint:
         evaluate(args, device)
         sys.exit(0)
+    checkpoint_path = args.resume if args.resume != "auto" else f"runs/{args.run_name}/checkpoint.pt"
+    checkpoint = None
+    if args.resume is not None and (args.resume != "auto" or os.path.exists(checkpoint_path)):
+        checkpoint = load_checkpoint(checkpoint_path, "--resume", device)
+        args = resumed_args(args, checkpoint, checkpoint_path)
+    elif args.run_name is not None and os.path.exists(f"runs/{args.run_name}/checkpoint.pt"):
+        sys.exit(f"error: runs/{args.run_name}/ holds a run already: continue it with --resume auto, or choose another --run-name")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
-    args.num_iterations = args.total_timesteps // args.batch_size
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    args.num_iterations = math.ceil(args.total_timesteps / args.batch_size)
+    if args.num_iterations * args.batch_size != args.total_timesteps:
+        print(f"Note: --total-timesteps {args.total_timesteps:,} is not a multiple of the batch (num_envs * num_steps = "
+              f"{args.batch_size:,}): training {args.num_iterations * args.batch_size:,} steps")
+    args.run_name = args.run_name or f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = args.run_name
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    kernels = load_kernels(device)  # compiles p3o_kernel.cu on first use (about a minute), then cached
+    envs = make_envs(args)  # before the kernel build: an unsupported env fails at once
+    try:
+        kernels = load_kernels(device)  # compiles p3o_kernel.cu on first use (about a minute), then cached
+    except KernelBuildError as error:
+        sys.exit(f"error: {error}")
 
-    envs = make_envs(args)
     if args.track:
         import wandb
 
@@ -393,16 +555,21 @@ if __name__ == "__main__":
             sync_tensorboard=True,
             config=vars(args),
             name=run_name,
+            id=checkpoint.get("wandb_id") if checkpoint else None,  # a resumed run continues its W&B run
+            resume="allow",
             save_code=True,
         )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
-    )
+    # A resumed run drops the events logged after its checkpoint; a fresh one any left in its folder
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=checkpoint["global_step"] + 1 if checkpoint else 0)
+    if not checkpoint:
+        writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+        )
 
     agent = Agent(envs).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    warned = False  # about an entropy collapse
 
     # Rollout storage, [T, N, ...]: the flags say that the step taken at t ended the episode
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.float32 if agent.obs_kind == "flat" else torch.uint8).to(device)
@@ -414,13 +581,22 @@ if __name__ == "__main__":
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
     final_values = torch.zeros((args.num_steps, args.num_envs)).to(device)  # V(final obs) at truncations
 
-    global_step = 0
-    start_time = time.time()
+    start_iteration, global_step = 0, 0
     recent_scores = deque(maxlen=20)
-    next_obs, _ = envs.reset(seed=args.seed)
+    if checkpoint:  # model, optimizer, position and random generators; the environments restart here
+        agent.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
+        recent_scores.extend(checkpoint["recent_scores"])
+        set_rng_states(checkpoint["rng"])
+        print(f"Resuming {run_name} from {checkpoint_path}: iteration {start_iteration}/{args.num_iterations}, "
+              f"step {global_step:,}; the environments restart")
+    start_time, start_step, last_save = time.time(), global_step, time.time()
+    next_obs, _ = envs.reset(seed=args.seed + start_iteration)
     next_obs = torch.as_tensor(next_obs).to(device)
 
-    for iteration in range(1, args.num_iterations + 1):
+    stop.training = True
+    for iteration in range(start_iteration + 1, args.num_iterations + 1):
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
             optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -468,7 +644,7 @@ if __name__ == "__main__":
 
         # Update: clipped PPO objective over minibatches
         b_inds = np.arange(args.batch_size)
-        clipfracs = []
+        clipfracs, update_losses = [], []
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
@@ -511,16 +687,21 @@ if __name__ == "__main__":
 
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
+                update_losses.append(torch.stack([pg_loss.detach(), v_loss.detach(), entropy_loss.detach(), grad_norm]))
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
 
         explained_var = explained_variance(b_values, b_returns)
 
+        losses = torch.stack(update_losses)  # [minibatches, 4]
+        check_finite(iteration, advantage=advantages, policy_loss=losses[:, 0], value_loss=losses[:, 1],
+                     entropy=losses[:, 2], gradient_norm=losses[:, 3])
+
         # Logging
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
         writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -533,13 +714,32 @@ if __name__ == "__main__":
         if sys.stdout.isatty() or iteration % 10 == 0 or iteration == args.num_iterations:
             score = f"{np.mean(recent_scores):8.1f}" if recent_scores else "     n/a"
             last = iteration == args.num_iterations or not sys.stdout.isatty()
-            line = f"step {global_step:>10,}/{args.total_timesteps:,} | SPS {sps:>6,} | return (last 20 games) {score}"
+            line = f"step {global_step:>10,}/{args.num_iterations * args.batch_size:,} | SPS {sps:>6,} | return (last 20 games) {score}"
             print("\r" + line, end="\n" if last else "", flush=True)
+        if iteration <= 10 and entropy_loss.item() < 0.01 * math.log(envs.single_action_space.n) and not warned:
+            print(("\n" if sys.stdout.isatty() else "") + f"Warning: iteration {iteration}: the policy's entropy fell to {entropy_loss.item():.2g} "
+                  f"(uniform: {math.log(envs.single_action_space.n):.2g}); it stopped exploring in its first updates. "
+                  "Is --learning-rate too large?", flush=True)
+            warned = True
 
-    if args.save_model:
+        # Checkpoint: model, optimizer, position, random generators
+        if stop.signum or iteration == args.num_iterations or 0 < args.checkpoint_every <= time.time() - last_save:
+            save_checkpoint(f"runs/{run_name}/checkpoint.pt", {
+                "script": SCRIPT, "args": vars(args), "model": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                "iteration": iteration, "global_step": global_step, "recent_scores": [float(s) for s in recent_scores],
+                "rng": rng_states(), "wandb_id": wandb.run.id if args.track else None,
+            })
+            last_save = time.time()
+        if stop.signum:
+            break
+
+    if args.save_model and not stop.signum:
         model_path = f"runs/{run_name}/{args.exp_name}.pt"
-        torch.save({"args": vars(args), "model": agent.state_dict()}, model_path)
-        print(f"model saved to {model_path}; score it with: python {args.exp_name}.py --eval-checkpoint {model_path}")
+        torch.save({"script": SCRIPT, "args": vars(args), "model": agent.state_dict()}, model_path)
+        print(f"model saved to {model_path}; score it with: python {SCRIPT} --eval-checkpoint {model_path}")
 
     envs.close()
     writer.close()
+    if stop.signum:
+        print(f"Checkpoint saved at step {global_step:,}; continue with: python {sys.argv[0]} --resume runs/{run_name}/checkpoint.pt")
+        sys.exit(128 + stop.signum)

@@ -74,7 +74,7 @@ def test_compare_runs_resumes_and_reruns_unfinished(tmp_path):
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(runs)
-    old_events = {p.name for p in (out / p3o["run_dir"]).iterdir()}
+    old_events = {p.name for p in (out / p3o["run_dir"]).glob("events.out.tfevents.*")}
     ppo_files = {k: v for k, v in before.items() if k.startswith(ppo["run_dir"])}
     stdout = compare(out, *TINY)
     assert re.search(r"skip +ppo_gae CartPole-v1 seed 1", stdout) and not re.search(r"start +ppo_gae", stdout)
@@ -84,7 +84,7 @@ def test_compare_runs_resumes_and_reruns_unfinished(tmp_path):
     _, runs = read(out / "runs.csv")
     assert [r["status"] for r in runs] == ["finished", "finished"]
     (new_p3o,) = [r for r in runs if r["label"] == "p3o"]
-    new_events = {p.name for p in (out / new_p3o["run_dir"]).iterdir()}
+    new_events = {p.name for p in (out / new_p3o["run_dir"]).glob("events.out.tfevents.*")}  # not checkpoint.pt
     assert new_events and not new_events & old_events  # a fresh run, not the old files
     assert len(list((out / "runs").iterdir())) == 2  # the partial folder is gone
     _, results = read(out / "results.csv")

@@ -53,7 +53,7 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     checkpoint = next(run_dir.glob("*.pt"))
     evaluation = run(script, "--eval-checkpoint", str(checkpoint), "--eval-episodes", "1", "--device", "cpu", cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    assert "Breakout: 1 games, score" in evaluation.stdout
+    assert "Breakout: 1 games (the first 1 of each of 1 envs, started together), score" in evaluation.stdout
 
 
 @pytest.mark.parametrize(
@@ -69,6 +69,11 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("p3o.py", ["--gamma", "0.99"], "--gamma"),  # P3O has no gamma
         ("p3o.py", ["--advantage-sigma", "oracle"], "invalid choice 'oracle'"),
         ("p3o.py", ["--state-sigma"], "--state-sigma needs --advantage-sigma learned"),
+        ("ppo_gae.py", ["--batch-size", "64"], "Unrecognized"),  # computed, not a flag
+        ("ppo_gae.py", ["--env-id", "Pendulum-v1", "--device", "cpu"], "Pendulum-v1 has the action space Box"),
+        ("p3o.py", ["--resume", "auto"], "--resume auto needs --run-name"),
+        ("ppo_gae.py", ["--eval-checkpoint", "missing.pt"], "--eval-checkpoint missing.pt: no such file"),
+        ("p3o.py", ["--eval-checkpoint", "."], "--eval-checkpoint .: is a folder, not a checkpoint file"),
     ],
 )
 def test_bad_arguments_fail_with_a_clear_message(tmp_path, script, flags, message):

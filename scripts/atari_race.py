@@ -4,7 +4,7 @@
     python scripts/atari_race.py --seconds 300 --games Pong --seeds 1 2 3 --out ...
 
 One call is one chunk. It
-  1. restores the runs' checkpoints from --state (race_state.tar.part00, part01, ...: what the last
+  1. restores the runs' checkpoints from --state (race_state.tar.gz.part00, part01, ...: what the last
      chunk left), when there are any;
   2. starts every run at once, one process each, `python {algo}.py --env-id GAME --seed S
      --run-name GAME__algo__S --resume auto --checkpoint-every 60` at the scripts' defaults otherwise
@@ -13,7 +13,7 @@ One call is one chunk. It
      then write runs/NAME/checkpoint.pt and exit (143);
   4. writes, under --out: each run's episodic returns (charts/episodic_return from its TensorBoard
      events) as NAME.csv, appended to the rows an earlier chunk left there, progress.md (steps
-     reached, mean of the last 20 scores), and the checkpoints packed into race_state.tar.partNN
+     reached, mean of the last 20 scores), and the checkpoints packed into race_state.tar.gz.partNN
      files of at most --part-mib MiB, for the next chunk's --state.
 The checkpoints (the agent and Adam's state, about 20 MB a run) are not for git: keep the parts
 outside the repository's history and hand them back as --state.
@@ -32,19 +32,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE_PREFIX = "race_state.tar.part"
+STATE_PREFIX = "race_state.tar.gz.part"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, required=True, help="wall-clock time of this chunk, start to finish")
     p.add_argument("--out", type=Path, required=True, help="where the CSVs, progress.md and the state parts go")
-    p.add_argument("--state", type=Path, default=None, help="a folder with the last chunk's race_state.tar.part* files")
+    p.add_argument("--state", type=Path, default=None, help="a folder with the last chunk's race_state.tar.gz.part* files")
     p.add_argument("--work", type=Path, default=Path("/tmp/atari_race"), help="the runs' working folder (runs/NAME)")
     p.add_argument("--games", nargs="+", default=["Breakout", "Pong"])
     p.add_argument("--algos", nargs="+", choices=["ppo_gae", "p3o"], default=["ppo_gae", "p3o"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--stop-before", type=float, default=60.0,
+    p.add_argument("--stop-before", type=float, default=30.0,
                    help="seconds before the end at which the runs get SIGTERM (time to checkpoint and exit)")
     p.add_argument("--checkpoint-every", type=float, default=60.0)
     p.add_argument("--state-out", type=Path, default=None, help="where the state parts go (default: --out)")
@@ -71,7 +71,7 @@ def restore(state, work):
     if not parts:
         print(f"no state in {state}: every run starts fresh" if state else "no --state: every run starts fresh")
         return
-    joined = work / "race_state.tar"
+    joined = work / "race_state.tar.gz"
     with open(joined, "wb") as f:
         for part in parts:
             f.write(part.read_bytes())
@@ -83,12 +83,12 @@ def restore(state, work):
 
 
 def pack(work, out, part_bytes):
-    """The runs' checkpoints as one tar, cut into parts of at most part_bytes."""
+    """The runs' checkpoints as one gzipped tar, cut into parts of at most part_bytes."""
     for old in out.glob(STATE_PREFIX + "*"):
         old.unlink()
     checkpoints = sorted(work.glob("runs/*/checkpoint.pt"))
-    joined = work / "race_state.tar"
-    with tarfile.open(joined, "w") as tar:
+    joined = work / "race_state.tar.gz"
+    with tarfile.open(joined, "w:gz", compresslevel=6) as tar:
         for path in checkpoints:
             tar.add(path, arcname=str(path.relative_to(work)))
     data = joined.read_bytes()
@@ -152,7 +152,7 @@ def main(argv=None):
                        *args.extra.split()]
                 log = open(args.work / "logs" / f"{name}.log", "a")
                 runs[name] = subprocess.Popen(cmd, cwd=args.work, stdout=log, stderr=subprocess.STDOUT,
-                                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                              env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     print(f"started {len(runs)} runs: {', '.join(runs)}", flush=True)
 
     stop_at = start + args.seconds - args.stop_before
@@ -160,14 +160,14 @@ def main(argv=None):
         time.sleep(1.0)
     for proc in runs.values():
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # the main process only: it stops its env workers itself
     grace_end = start + args.seconds - 10  # the last seconds are for collecting and packing
     for name, proc in runs.items():
         try:
             proc.wait(timeout=max(1.0, grace_end - time.monotonic()))
         except subprocess.TimeoutExpired:
             print(f"{name} did not exit after SIGTERM: killed (it keeps its last periodic checkpoint)", flush=True)
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its env workers
             proc.wait()
 
     lines = [f"# Atari race: progress after this chunk ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",

@@ -3,10 +3,16 @@
     python3 scripts/gpu_session.py --budget 540 --out $OUT/gpu                       # on the GPU machine
     python3 scripts/gpu_session.py --budget 540 --out $OUT/gpu --race-state race_state  # resume the race
     python scripts/gpu_session.py --dry-run --budget 120 --out /tmp/gpu_dry           # CPU, tiny sizes
+    python scripts/gpu_session.py --download-wheels                                   # here, before the call
+
+The GPU machine has PyTorch (and OpenCV, TensorBoard, pybind11, ninja, nvcc) but reaches no package
+registry, so the install part installs wheels carried in .whl/ (gymnasium, ale-py with its ROMs,
+tyro and their small dependencies, for Python 3.12: --download-wheels fetches them, about 4 MB)
+into /tmp/site and puts that on PYTHONPATH; without .whl/ it runs pip install -r requirements.txt.
 
 Run in the repository root. The parts, in order, each started only if enough of the budget (seconds,
 counted from the start) is left, and each under a timeout from what is left:
-  install     pip install -r requirements.txt
+  install     the wheels in .whl/ (or pip install -r requirements.txt), then check the imports
   build       compile p3o_kernel.cu for CUDA (p3o_kernel_loader.load_kernels)
   tests       pytest tests/test_kernels_cuda.py (junit XML kept)
   kernels     scripts/bench_kernels.py: time and fraction of peak memory bandwidth, N = 8..1024, H = 32..256
@@ -17,7 +23,7 @@ Each part's output is saved as soon as it ends, so a timeout loses only the part
   summary.md              one line per part: status, seconds, where its results are
   results.tar.gz          every part's log and results, laid out as the repository's results/ folder
                           (unpack it in the repository root), repacked after each part
-  race_state.tar.partNN   the race's checkpoints for the next call's --race-state (not for git)
+  race_state.tar.gz.partNN   the race's checkpoints for the next call's --race-state (not for git)
 --dry-run runs the same parts on the CPU at tiny sizes and skips those that need CUDA, saying why.
 """
 
@@ -42,24 +48,48 @@ from atari_race import has_resume  # noqa: E402  (standard library only, like th
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=float, required=True, help="seconds for all the parts together")
-    p.add_argument("--out", type=Path, required=True, help="the folder that comes back (summary, archive, state)")
+    p.add_argument("--budget", type=float, help="seconds for all the parts together")
+    p.add_argument("--out", type=Path, help="the folder that comes back (summary, archive, state)")
     p.add_argument("--work", type=Path, default=Path("/tmp/gpu_session"), help="scratch folder")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, CUDA-only parts skipped")
+    p.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="wheels to install (if the folder exists)")
+    p.add_argument("--download-wheels", action="store_true",
+                   help="only download the wheels the GPU machine lacks into --wheels, and exit")
     p.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="parts not to run")
-    p.add_argument("--race-state", type=Path, default=None, help="the last call's race_state.tar.part* folder")
+    p.add_argument("--race-state", type=Path, default=None, help="the last call's race_state.tar.gz.part* folder")
     p.add_argument("--race-games", nargs="+", default=["Pong"])
     p.add_argument("--race-algos", nargs="+", default=["ppo_gae", "p3o"])
     p.add_argument("--race-seeds", nargs="+", default=["1"])
+    p.add_argument("--race-max-seconds", type=float, default=None, help="cap on the race's time (default: all that is left)")
     p.add_argument("--race-state-mib", type=float, default=45.0,
                    help="the most checkpoint state that may come back (the transfer's 64 MiB, less the rest)")
     args = p.parse_args(argv)
+    if args.download_wheels:
+        return args
+    if args.budget is None or args.out is None:
+        p.error("--budget and --out are required")
     if args.budget <= 0:
         p.error(f"--budget must be positive, got {args.budget:g}")
     return args
 
 
 PARTS = ["install", "build", "tests", "kernels", "throughput", "race"]
+# What the GPU machine's image lacks (it has torch, numpy, opencv, tensorboard, ...): the pins of
+# requirements.txt, and the versions of their dependencies installed with them here.
+WHEELS = ["gymnasium", "ale-py", "tyro"]
+WHEEL_DEPENDENCIES = ["farama-notifications==0.0.6", "docstring-parser==0.18.0", "typeguard==4.6.1"]
+IMPORTS = "import torch, numpy, cv2, gymnasium, ale_py, tyro, tensorboard; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'gymnasium', gymnasium.__version__, 'ale_py', ale_py.__version__)"
+
+
+def download_wheels(folder):
+    pins = {line.split("==")[0].lower(): line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    wanted = [pins[name] for name in WHEELS] + WHEEL_DEPENDENCIES
+    platforms = [f"--platform=manylinux{tag}_x86_64" for tag in ("_2_28", "_2_27", "_2_17", "2014", "1")]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version=3.12",
+           "--implementation=cp", *platforms, "-d", str(folder), *wanted]
+    print(shlex.join(cmd), flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def copy_lines(stream, log):
@@ -133,6 +163,8 @@ class Session:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.download_wheels:
+        return download_wheels(args.wheels)
     s = Session(args)
     py = sys.executable
     device = "cpu" if args.dry_run else "cuda"
@@ -142,9 +174,17 @@ def main(argv=None):
     if "install" in args.skip:
         s.record("install", "skipped", 0, "--skip")
     elif args.dry_run:
-        s.record("install", "skipped", 0, "dry run: pip install -r requirements.txt is not run")
+        s.record("install", "skipped", 0, "dry run: no wheels or pip install -r requirements.txt")
     else:
-        s.run("install", [py, "-m", "pip", "install", "-q", "-r", "requirements.txt"], cap=300, minimum=30)
+        wheels = sorted(args.wheels.glob("*.whl")) if args.wheels.is_dir() else []
+        if wheels:  # no registry there: install what was carried, next to the image's packages
+            site = args.work / "site"
+            install = [py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
+                       "--upgrade", "--target", str(site), *map(str, wheels)]
+            os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+        else:
+            install = [py, "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "15", "-r", "requirements.txt"]
+        s.run("install", ["sh", "-c", f"{shlex.join(install)} && {shlex.join([py, '-c', IMPORTS])}"], cap=300, minimum=30)
 
     # build
     build = "import torch; from p3o_kernel_loader import load_kernels; load_kernels(torch.device('cuda')); print('built')"
@@ -189,7 +229,7 @@ def main(argv=None):
     race_out = s.results / "atari_race"
     if (ROOT / "results" / "atari_race").is_dir():  # earlier chunks' returns: this chunk appends to them
         shutil.copytree(ROOT / "results" / "atari_race", race_out)
-    race_minimum = 25 if args.dry_run else 90
+    race_minimum = 45 if args.dry_run else 90
     if "race" in args.skip:
         s.record("race", "skipped", 0, "--skip")
     elif s.left() - 15 < race_minimum:
@@ -198,7 +238,7 @@ def main(argv=None):
         s.record("race", "skipped", 0, "the scripts take no --resume flag yet (the checkpoint contract), "
                  "so runs could not continue in the next call")
     else:
-        seconds = s.left() - 15  # the last seconds: the final save
+        seconds = min(s.left() - 15, args.race_max_seconds or float("inf"))  # the last 15 s: the final save
         cmd = [py, "scripts/atari_race.py", "--seconds", f"{seconds:.0f}", "--out", str(race_out),
                "--state-out", str(args.out), "--work", str(args.work / "race"),
                "--max-state-mib", str(args.race_state_mib), "--games", *args.race_games,
@@ -206,10 +246,10 @@ def main(argv=None):
         if args.race_state:
             cmd += ["--state", str(args.race_state.resolve())]
         if args.dry_run:
-            cmd += ["--stop-before", "15", "--checkpoint-every", "5",
+            cmd += ["--stop-before", "20", "--checkpoint-every", "5",
                     f"--extra=--device cpu --num-envs 2 --num-steps 16 --total-timesteps {10**6}"]
         s.run("race", cmd, cap=seconds + 10, minimum=race_minimum,
-              note="results/atari_race/ (progress.md, one CSV per run); state: race_state.tar.partNN")
+              note="results/atari_race/ (progress.md, one CSV per run); state: $OUT/gpu/race_state.tar.gz.partNN")
     failed = [n for n, status, _, _ in s.rows if status not in ("ok", "skipped")]
     print(f"GPU session done in {time.monotonic() - s.start:.0f} s; " + (f"not ok: {', '.join(failed)}" if failed else "all ok"))
     return 1 if failed else 0

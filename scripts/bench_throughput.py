@@ -8,8 +8,9 @@ Runs, one after another, each in its own subprocess, under identical settings:
   bare       the scripts' vector env (ppo_gae.make_envs), stepped with random actions: the ceiling
   ppo_gae    `python ppo_gae.py ...`, twice: once plain, for its SPS (the script's own figure), and
   p3o        once under a line timer, for where the time goes (the scripts' files are not edited).
-The line timer is Python's own tracing hook (sys.settrace), set on the script's top-level frame only:
-the time from one line of the training loop to the next is charged to that line, callees included.
+The line timer listens to the line events of the script's top-level code only (sys.monitoring on
+Python 3.12+, sys.settrace on 3.11): the time from one line of the training loop to the next is
+charged to that line, callees included.
 Each line is put in a phase by reading the script's syntax tree (ast), by what the statement calls:
   env step          a statement calling envs.step(...)
   rollout inference a statement calling agent.get_action_and_value / agent.get_value outside the
@@ -18,7 +19,8 @@ Each line is put in a phase by reading the script's syntax tree (ast), by what t
   update            every statement inside the `for ... in range(args.update_epochs)` loop
   other             the rest of the loop: storage, host<->device copies, logging
 from the line that calls envs.reset(...) to the one that calls envs.close() (the scripts' SPS window).
-Tracing slows pure-Python code, so the timed run is slower than the plain one: both SPS are shown.
+On 3.11 tracing slows every Python call, so the timed run is slower than the plain one, and
+Python-heavy phases (env step) the most: both SPS are shown.
 On CUDA the timer calls torch.cuda.synchronize() at every line of the loop, so asynchronous kernels
 are charged to the line that launched them (--no-sync turns that off: then only approximate).
 Markdown goes to --out (default results/bench_throughput_{device}.md).
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,13 +140,15 @@ def classify(called, in_update):
 
 
 class LineTimer:
-    """Charges the time between consecutive line events of one frame (the script's top level) to the
-    earlier line. Tracing stops in processes forked from this one (the vector env's workers)."""
+    """Runs a script's code and charges the time from each line event of its top level to the next to
+    the earlier line. Python 3.12+: sys.monitoring's LINE events of that one code object, nothing else
+    slowed; Python 3.11: sys.settrace, whose callback runs at every Python call (slower), and is
+    turned off in processes forked from this one (the vector env's workers)."""
 
-    def __init__(self, filename, phases, sync):
+    def __init__(self, code, phases, sync):
         import torch
 
-        self.filename, self.phases, self.pid = filename, phases, os.getpid()
+        self.code, self.phases = code, phases
         self.sync = sync and torch.cuda.is_available()
         self.torch = torch
         self.seconds = {name: 0.0 for name in PHASES}
@@ -152,23 +157,38 @@ class LineTimer:
         self.started = self.stopped = None
         self.last_phase, self.last_time = None, 0.0
 
-    def global_trace(self, frame, event, arg):
-        if os.getpid() != self.pid:
-            sys.settrace(None)
-            return None
-        if frame.f_code.co_name == "<module>" and frame.f_code.co_filename == self.filename:
-            return self.line_trace
-        return None
+    def run(self, namespace):
+        if hasattr(sys, "monitoring"):
+            mon, tool = sys.monitoring, sys.monitoring.PROFILER_ID
+            mon.use_tool_id(tool, "bench_throughput")
+            mon.register_callback(tool, mon.events.LINE, lambda code, line: self.line(line))
+            mon.set_local_events(tool, self.code, mon.events.LINE)
+            try:
+                exec(self.code, namespace)
+            finally:
+                mon.set_local_events(tool, self.code, 0)
+                mon.free_tool_id(tool)
+            return
 
-    def line_trace(self, frame, event, arg):
-        if event != "line":
-            return self.line_trace
+        def local_trace(frame, event, arg):
+            if event == "line":
+                self.line(frame.f_lineno)
+            return local_trace
+
+        os.register_at_fork(after_in_child=lambda: sys.settrace(None))
+        sys.settrace(lambda frame, event, arg: local_trace if frame.f_code is self.code else None)
+        try:
+            exec(self.code, namespace)
+        finally:
+            sys.settrace(None)
+
+    def line(self, lineno):
         if self.sync and self.running:
             self.torch.cuda.synchronize()
         now = time.perf_counter()
-        if self.running and self.last_phase in self.seconds:
-            self.seconds[self.last_phase] += now - self.last_time
-        phase = self.phases.get(frame.f_lineno, "other")
+        if self.running:  # the first envs.reset(...) is env time too
+            self.seconds["env" if self.last_phase == "start" else self.last_phase] += now - self.last_time
+        phase = self.phases.get(lineno, "other")
         if phase == "start" and self.started is None:
             self.running, self.started = True, now
         elif phase == "stop" and self.running:
@@ -176,7 +196,6 @@ class LineTimer:
         if self.running and phase in self.hits and phase != self.last_phase:
             self.hits[phase] += 1  # entries into the phase: a multi-line statement counts once
         self.last_phase, self.last_time = phase, now
-        return self.line_trace
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,19 +229,17 @@ def child_bare(args):
 
 
 def child_traced(args, script_args):
-    import runpy
-
     script = ROOT / f"{args._child}.py"
-    timer = LineTimer(str(script), line_phases(script.read_text()), sync=not args.no_sync)
-    sys.argv = [str(script), *script_args]
-    sys.settrace(timer.global_trace)
+    source = script.read_text()
+    timer = LineTimer(compile(source, str(script), "exec"), line_phases(source), sync=not args.no_sync)
+    main = types.ModuleType("__main__")  # as `python script.py` runs it (tyro reads __main__.__file__)
+    main.__file__ = str(script)
+    sys.modules["__main__"], sys.argv = main, [str(script), *script_args]
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        timer.run(main.__dict__)
     except SystemExit as exit_:
         if exit_.code not in (None, 0):
             raise
-    finally:
-        sys.settrace(None)
     if timer.stopped is None:
         raise SystemExit(f"error: the line timer never saw {script.name} call envs.reset(...) and envs.close()")
     return dict(env_steps=timer.hits["env"] * args.num_envs, loop_s=timer.stopped - timer.started,
@@ -321,11 +338,12 @@ def report(args, results):
         + (f" --torch-threads {args.torch_threads}" if args.torch_threads else "") + "`",
         "- SPS: the scripts' own figure (env steps / seconds since the first reset) from a plain run; "
         "bare: env steps / seconds from reset to close, random actions",
-        "- where the time goes: a second run under a line timer (sys.settrace on the script's top level), "
+        f"- where the time goes: a second run under a line timer ({'sys.monitoring' if hasattr(sys, 'monitoring') else 'sys.settrace'}"
+        " line events of the script's top level), "
         "each line put in a phase by what it calls: env step = envs.step; rollout inference = "
         "agent.get_action_and_value / get_value outside the update; advantage kernel = kernels.*; "
-        "update = the update_epochs loop; other = the rest of the loop. Tracing slows Python: its SPS is "
-        "the 'timed SPS' column",
+        "update = the update_epochs loop; other = the rest of the loop. The timer slows Python (much more "
+        "under sys.settrace): its SPS is the 'timed SPS' column",
     ]
     if args.device == "cuda":
         lines.append("- CUDA: " + ("torch.cuda.synchronize() at every timed line, so GPU work is charged to "

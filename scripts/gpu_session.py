@@ -23,8 +23,11 @@ Each part's output is saved as soon as it ends, so a timeout loses only the part
   summary.md              one line per part: status, seconds, where its results are
   results.tar.gz          every part's log and results, laid out as the repository's results/ folder
                           (unpack it in the repository root), repacked after each part
-  race_state.tar.gz.partNN   the race's checkpoints for the next call's --race-state (not for git)
+  race_state.tar.gz.partNN  the race's checkpoints (about 20 MB a run), for the next call's
+                          --race-state: keep them in race_state/ (ignored by git) and carry it along
 --dry-run runs the same parts on the CPU at tiny sizes and skips those that need CUDA, saying why.
+The race defaults to Pong, both scripts, seed 1: two runs' checkpoints (about 39 MiB) are what fits
+the transfers both ways (64 MiB each, the repository's files included on the way there).
 """
 
 from __future__ import annotations

@@ -107,3 +107,40 @@ def test_race_csv_appends_only_new_steps(tmp_path):
     assert last == 320
     assert rows == [(50, -21.0), (150, -20.0), (200, -18.0), (300, -17.0)]
     assert (out / "Pong__p3o__1.csv").read_text().splitlines()[1:] == ["50,-21.0", "150,-20.0", "200,-18.0", "300,-17.0"]
+
+
+FAKE_TRAINING = '''
+class Envs:
+    def reset(self, seed):
+        return 0
+    def step(self, action):
+        return sum(range(1000))
+    def close(self):
+        pass
+class Agent:
+    def get_action_and_value(self, x):
+        return x
+if __name__ == "__main__":
+    envs, agent, update_epochs = Envs(), Agent(), 3
+    envs.reset(seed=1)
+    for step in range(5):
+        action = agent.get_action_and_value(step)
+        envs.step(
+            action,
+        )
+    for epoch in range(update_epochs):
+        loss = epoch * 2
+    envs.close()
+'''
+
+
+def test_line_timer_charges_each_line_of_the_loop_once(tmp_path):
+    from bench_throughput import LineTimer
+
+    script = tmp_path / "fake_training.py"
+    script.write_text(FAKE_TRAINING)
+    timer = LineTimer(compile(FAKE_TRAINING, str(script), "exec"), line_phases(FAKE_TRAINING), sync=False)
+    timer.run({"__name__": "__main__"})
+    assert timer.hits["env"] == 5 and timer.hits["inference"] == 5 and timer.hits["update"] == 1
+    assert sum(timer.seconds.values()) == pytest.approx(timer.stopped - timer.started, abs=1e-9)
+    assert all(seconds > 0 for phase, seconds in timer.seconds.items() if phase != "advantage")

@@ -62,9 +62,11 @@ class Args:
     # Environment
     env_id: str = "Breakout"
     """the Atari game: `Breakout`, `BreakoutNoFrameskip-v4` and `ALE/Breakout-v5` all name the same game
-    (preprocessing is set by the flags here, not by the suffix); or any registered gymnasium id"""
+    (preprocessing is set by the flags here, not by the suffix); a MinAtar game (`MinAtar/Breakout-v1`,
+    short `MinAtar-Breakout`); or any registered gymnasium id"""
     sticky_actions: bool = False
-    """if toggled, v5-style sticky actions (the previous action repeats with probability 0.25)"""
+    """Atari only: if toggled, v5-style sticky actions (the previous action repeats with probability 0.25);
+    MinAtar games always keep MinAtar's own sticky actions (probability 0.1)"""
 
     # Algorithm
     total_timesteps: int = 10_000_000
@@ -156,8 +158,26 @@ def check_args(args: Args) -> None:
 gym.register_envs(ale_py)
 
 
+MINATAR_GAMES = ["Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders"]
+
+
 def resolve_env_id(env_id: str) -> tuple[str, str]:
-    """Return ("atari", ALE game id) or ("gym", registered id); exit with suggestions if unknown."""
+    """Return ("atari", ALE id), ("minatar", MinAtar id) or ("gym", registered id); exit with suggestions if unknown."""
+    if env_id.lower().startswith(("minatar/", "minatar-")):  # MinAtar/Breakout-v1, MinAtar/Breakout, MinAtar-Breakout
+        name, _, version = env_id[len("minatar/") :].partition("-v")
+        game = {game.lower(): game for game in MINATAR_GAMES}.get(name.lower())
+        if game is None or version not in ("", "0", "1"):
+            close = [game] if game else difflib.get_close_matches(name, MINATAR_GAMES, n=3, cutoff=0.5)
+            hint = f" Did you mean {' or '.join('MinAtar/' + game + '-v1' for game in close)}?" if close else ""
+            sys.exit(
+                f"error: unknown --env-id '{env_id}': MinAtar has {', '.join(MINATAR_GAMES)}, "
+                f"as v1 (minimal action set) or v0 (all 6 actions).{hint}"
+            )
+        if "MinAtar/Breakout-v1" not in gym.registry:
+            import minatar.gym
+
+            minatar.gym.register_envs()  # registers MinAtar/<Game>-v0 and -v1 with gymnasium
+        return "minatar", f"MinAtar/{game}-v{version or 1}"
     game = env_id.removeprefix("ALE/").split("-v")[0].removesuffix("NoFrameskip").removesuffix("Deterministic")
     atari_games = sorted({spec.name for spec in gym.registry.values() if spec.namespace == "ALE"})
     if game in atari_games:
@@ -173,8 +193,8 @@ def resolve_env_id(env_id: str) -> tuple[str, str]:
             sys.exit(f"error: cannot load --env-id '{env_id}': {error}")
         return "gym", env_id
     close = difflib.get_close_matches(game, atari_games, n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(close)}?" if close else " e.g. Breakout, Pong, SpaceInvaders."
-    sys.exit(f"error: unknown --env-id '{env_id}': not an Atari game of ale-py nor a registered gymnasium id.{hint}")
+    hint = f" Did you mean {' or '.join(close)}?" if close else " e.g. Breakout, Pong, SpaceInvaders, MinAtar/Breakout-v1."
+    sys.exit(f"error: unknown --env-id '{env_id}': not an Atari game of ale-py, a MinAtar game, nor a registered gymnasium id.{hint}")
 
 
 class EpisodicLifeFireReset(gym.Wrapper):
@@ -219,6 +239,9 @@ def make_env(kind: str, env_id: str, sticky_actions: bool):
         if kind == "gym":
             env = gym.make(env_id)
             return gym.wrappers.RecordEpisodeStatistics(env)
+        if kind == "minatar":  # MinAtar's own settings: sticky actions 0.1, difficulty ramping, unclipped rewards
+            env = gym.make(env_id, sticky_action_prob=0.1, difficulty_ramping=True)
+            return gym.wrappers.RecordEpisodeStatistics(env)
         env = gym.make(
             env_id,
             frameskip=1,  # AtariPreprocessing skips 4 frames and max-pools the last two
@@ -244,13 +267,15 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """A shared Nature CNN for Atari frames (or two 64-64 MLPs for flat observations); actor and critic heads."""
+    """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two 64-64 MLPs for
+    flat observations; then the actor and critic heads."""
 
     def __init__(self, envs, horizon, state_sigma):
         super().__init__()
-        obs_shape = envs.single_observation_space.shape
-        self.pixels = len(obs_shape) == 3
-        if self.pixels:
+        obs_space = envs.single_observation_space
+        obs_shape = obs_space.shape
+        self.obs_kind = "flat" if len(obs_shape) != 3 else "atari" if obs_space.dtype == np.uint8 else "minatar"
+        if self.obs_kind == "atari":  # 4 stacked 84x84 grey frames, channels first
             self.network = nn.Sequential(
                 layer_init(nn.Conv2d(obs_shape[0], 32, 8, stride=4)),
                 nn.ReLU(),
@@ -263,6 +288,16 @@ class Agent(nn.Module):
                 nn.ReLU(),
             )
             hidden = 512
+        elif self.obs_kind == "minatar":  # 10x10 grid, one bool channel per kind of object, channels last
+            height, width, channels = obs_shape
+            self.network = nn.Sequential(
+                layer_init(nn.Conv2d(channels, 16, 3, stride=1)),
+                nn.ReLU(),
+                nn.Flatten(),
+                layer_init(nn.Linear(16 * (height - 2) * (width - 2), 128)),
+                nn.ReLU(),
+            )
+            hidden = 128
         else:  # flat observations: separate 64-64 torsos for the actor and the critic, as CleanRL's ppo.py
             mlp = lambda: nn.Sequential(  # noqa: E731
                 layer_init(nn.Linear(int(np.prod(obs_shape)), 64)),
@@ -280,10 +315,13 @@ class Agent(nn.Module):
             self.log_sigma = nn.Parameter(torch.zeros(horizon))  # log sigma[k], shared by all states
 
     def features(self, x):
-        """(actor features, critic features): the CNN is shared, the MLPs are not."""
-        x = x.float() / 255.0 if self.pixels else x.float().flatten(1)
+        """(actor features, critic features): the CNNs are shared, the MLPs are not."""
+        if self.obs_kind == "flat":
+            x = x.float().flatten(1)
+            return self.network(x), self.critic_network(x)
+        x = x.float() / 255.0 if self.obs_kind == "atari" else x.float().permute(0, 3, 1, 2)
         hidden = self.network(x)
-        return hidden, hidden if self.pixels else self.critic_network(x)
+        return hidden, hidden
 
     def value_head(self, hidden):
         """(mu, log_sigma), each [batch, H]: the Gaussian prediction of each of the next H rewards."""
@@ -390,7 +428,7 @@ if __name__ == "__main__":
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
     # Rollout storage, [T, N, ...]: the flags say that the step taken at t ended the episode
-    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.uint8 if agent.pixels else torch.float32).to(device)
+    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=torch.float32 if agent.obs_kind == "flat" else torch.uint8).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long).to(device)
     logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
     rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)

@@ -1,6 +1,6 @@
 """Slow, obviously-correct references for the advantage kernels in p3o_kernel.cu.
 
-Written straight from the maths (see P3O.md and the comments in p3o_kernel.cu), in float64 with
+Written straight from the maths (see docs/p3o.md and the comments in p3o_kernel.cu), in float64 with
 explicit Python loops and no vectorisation, so that a reader can check them line by line. The
 tests compare the CPU and CUDA builds of the kernel against these.
 

@@ -1,0 +1,112 @@
+"""MinAtar in both scripts: id resolution, MinAtar's own settings, the MinAtar network, a short run."""
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import p3o
+import ppo_gae
+
+ROOT = Path(__file__).resolve().parents[1]
+GAMES = ["Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders"]
+CHANNELS = {"Asterix": 4, "Breakout": 4, "Freeway": 7, "Seaquest": 10, "SpaceInvaders": 6}  # MinAtar's state_shape
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("MinAtar/Breakout-v1", "MinAtar/Breakout-v1"),
+        ("MinAtar/Breakout-v0", "MinAtar/Breakout-v0"),
+        ("MinAtar/Breakout", "MinAtar/Breakout-v1"),
+        ("MinAtar-Breakout", "MinAtar/Breakout-v1"),
+        ("minatar-spaceinvaders", "MinAtar/SpaceInvaders-v1"),
+    ],
+)
+def test_resolve_minatar_ids(name, expected):
+    assert ppo_gae.resolve_env_id(name) == ("minatar", expected)
+
+
+@pytest.mark.parametrize(
+    "name,hint",
+    [("MinAtar/Brekout", "Did you mean MinAtar/Breakout-v1"), ("MinAtar/Breakout-v3", "Did you mean MinAtar/Breakout-v1")],
+)
+def test_unknown_minatar_ids_exit_with_suggestions(name, hint):
+    with pytest.raises(SystemExit) as excinfo:
+        ppo_gae.resolve_env_id(name)
+    message = str(excinfo.value.code)
+    assert message.startswith(f"error: unknown --env-id '{name}'")
+    assert hint in message and "Asterix, Breakout, Freeway, Seaquest, SpaceInvaders" in message
+
+
+@pytest.mark.parametrize("game", GAMES)
+def test_minatar_env_keeps_minatars_settings(game):
+    kind, env_id = ppo_gae.resolve_env_id(f"MinAtar/{game}-v1")
+    env = ppo_gae.make_env(kind, env_id, sticky_actions=False)()
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (10, 10, CHANNELS[game]) and obs.dtype == bool  # channels last, one per object kind
+    assert env.observation_space.dtype == bool
+    game_env = env.unwrapped.game
+    assert game_env.sticky_action_prob == 0.1  # MinAtar's default, as in the MinAtar paper
+    assert env.action_space.n == len(game_env.minimal_action_set())  # v1: the minimal action set
+    env.close()
+
+
+def test_minatar_episodes_are_seeded():
+    kind, env_id = ppo_gae.resolve_env_id("MinAtar/Asterix-v1")
+    rollouts = []
+    for _ in range(2):
+        env = ppo_gae.make_env(kind, env_id, sticky_actions=False)()
+        obs, _ = env.reset(seed=3)
+        frames = [obs]
+        for step in range(200):
+            obs, reward, terminated, truncated, _ = env.step(step % env.action_space.n)
+            frames.append(obs)
+            if terminated or truncated:
+                break
+        rollouts.append(np.stack(frames))
+    assert np.array_equal(rollouts[0], rollouts[1])
+
+
+@pytest.mark.parametrize("module", [ppo_gae, p3o])
+def test_minatar_network_is_one_conv_then_128_units(module):
+    envs = gym.vector.SyncVectorEnv(
+        [module.make_env(*module.resolve_env_id("MinAtar/Seaquest-v1"), False) for _ in range(2)]
+    )
+    agent = module.Agent(envs) if module is ppo_gae else module.Agent(envs, 8, False)
+    assert agent.obs_kind == "minatar"
+    conv, _, _, linear, _ = agent.network
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (10, 16, (3, 3), (1, 1))
+    assert (linear.in_features, linear.out_features) == (16 * 8 * 8, 128)
+    obs, _ = envs.reset(seed=0)
+    hidden, critic_hidden = agent.features(torch.as_tensor(obs))
+    assert hidden.shape == (2, 128) and critic_hidden is hidden  # actor and critic share the torso
+    # The network reads channels last: moving one object on the grid changes the features
+    moved = torch.as_tensor(obs).clone()
+    moved[0] = torch.roll(moved[0], 1, dims=1)
+    assert not torch.equal(agent.features(moved)[0][0], hidden[0])
+    envs.close()
+
+
+def test_p3o_has_the_same_agent_torso():
+    for name in ["resolve_env_id", "make_env", "make_envs"]:
+        assert inspect.getsource(getattr(p3o, name)) == inspect.getsource(getattr(ppo_gae, name)), name
+    torso = inspect.getsource(ppo_gae.Agent.features)
+    assert torso == inspect.getsource(p3o.Agent.features)
+
+
+@pytest.mark.parametrize("script", ["ppo_gae.py", "p3o.py"])
+def test_short_minatar_run(tmp_path, script):
+    flags = ["--env-id", "MinAtar-Breakout", "--num-envs", "2", "--num-steps", "64", "--total-timesteps", "256"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *flags, "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step        256/256" in result.stdout
+    assert "Overriding environment" not in result.stderr  # MinAtar registered once

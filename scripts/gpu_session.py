@@ -6,7 +6,7 @@
     python scripts/gpu_session.py --download-wheels                                   # here, before the call
 
 The GPU machine has PyTorch (and OpenCV, TensorBoard, pybind11, ninja, nvcc) but reaches no package
-registry, so the install part installs wheels carried in .whl/ (gymnasium, ale-py with its ROMs,
+registry, so the install part installs wheels carried in .whl/ (gymnasium, ale-py with its ROMs, minatar,
 tyro and their small dependencies, for Python 3.12: --download-wheels fetches them, about 4 MB)
 into /tmp/site and puts that on PYTHONPATH; without .whl/ it runs pip install -r requirements.txt.
 
@@ -79,7 +79,7 @@ def parse_args(argv=None):
 PARTS = ["install", "build", "tests", "kernels", "throughput", "race"]
 # What the GPU machine's image lacks (it has torch, numpy, opencv, tensorboard, ...): the pins of
 # requirements.txt, and the versions of their dependencies installed with them here.
-WHEELS = ["gymnasium", "ale-py", "tyro"]
+WHEELS = ["gymnasium", "ale-py", "minatar", "tyro"]
 WHEEL_DEPENDENCIES = ["farama-notifications==0.0.6", "docstring-parser==0.18.0", "typeguard==4.6.1"]
 IMPORTS = "import torch, numpy, cv2, gymnasium, ale_py, tyro, tensorboard; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'gymnasium', gymnasium.__version__, 'ale_py', ale_py.__version__)"
 

@@ -13,8 +13,9 @@ One call is one chunk. It
      then write runs/NAME/checkpoint.pt and exit (143);
   4. writes, under --out: each run's episodic returns (charts/episodic_return from its TensorBoard
      events) as NAME.csv, appended to the rows an earlier chunk left there, progress.md (steps
-     reached, mean of the last 20 scores), and the checkpoints packed into race_state.tar.gz.partNN
-     files of at most --part-mib MiB, for the next chunk's --state.
+     reached, mean of the last 20 scores), the runs' logs under logs/, and, under --state-out, the
+     checkpoints packed into race_state.tar.gz.partNN files of at most --part-mib MiB, for the next
+     chunk's --state.
 The checkpoints (the agent and Adam's state, about 20 MB a run) are not for git: keep the parts
 outside the repository's history and hand them back as --state.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +190,7 @@ def main(argv=None):
         lines.append(f"runs without a checkpoint (they start over next time): {', '.join(no_checkpoint)}")
     text = "\n".join(lines) + "\n"
     (args.out / "progress.md").write_text(text)
+    shutil.copytree(args.work / "logs", args.out / "logs", dirs_exist_ok=True)  # git ignores results/*/logs/
     print(text, flush=True)
     return 0 if not no_checkpoint else 1
 

@@ -5,9 +5,9 @@
     python scripts/bench_throughput.py --env-id MinAtar/Breakout-v1     # any env id the scripts take
 
 Runs, one after another, each in its own subprocess, under identical settings:
-  bare       the scripts' vector env (ppo_gae.make_envs), stepped with random actions: the ceiling
-  ppo_gae    `python ppo_gae.py ...`, twice: once plain, for its SPS (the script's own figure), and
-  p3o        once under a line timer, for where the time goes (the scripts' files are not edited).
+  bare          the scripts' vector env (ppo_gae.make_envs), stepped with random actions: the ceiling
+  ppo_gae, p3o  each twice, unmodified: plainly (`python p3o.py ...`), for its SPS (the script's own
+                figure), then under a line timer, for where the time goes.
 The line timer listens to the line events of the script's top-level code only (sys.monitoring on
 Python 3.12+, sys.settrace on 3.11): the time from one line of the training loop to the next is
 charged to that line, callees included.
@@ -213,15 +213,15 @@ def child_bare(args):
     rng = np.random.default_rng(1)
     steps = args.total_timesteps // (args.num_envs * args.num_steps) * args.num_steps
     actions = rng.integers(0, envs.single_action_space.n, size=(steps, args.num_envs))
-    start = time.perf_counter()
+    start = time.perf_counter()  # the window of the training runs: from the reset to the close call
     envs.reset(seed=1)
-    env_seconds = 0.0
+    env_seconds = time.perf_counter() - start
     for a in actions:
         t = time.perf_counter()
         envs.step(a)
         env_seconds += time.perf_counter() - t
-    envs.close()
     loop = time.perf_counter() - start
+    envs.close()
     seconds = {name: 0.0 for name in PHASES}
     seconds.update(env=env_seconds, other=loop - env_seconds)
     return dict(env_steps=steps * args.num_envs, loop_s=loop, seconds=seconds,

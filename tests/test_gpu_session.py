@@ -29,7 +29,7 @@ def session(tmp_path, *flags, timeout=600):
 
 
 def test_dry_run_end_to_end(tmp_path):
-    proc, out, rows = session(tmp_path, "--dry-run", "--budget", "400", "--race-algos", "p3o", "--race-max-seconds", "45")
+    proc, out, rows = session(tmp_path, "--dry-run", "--budget", "400", "--race-algos", "p3o", "--race-max-seconds", "60")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert list(rows) == ["install", "build", "tests", "kernels", "throughput", "race"]
     for part in ("install", "build", "tests"):

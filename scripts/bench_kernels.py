@@ -18,7 +18,8 @@ Times are medians over --repeats calls, each bracketed by torch.cuda.synchronize
 microseconds, wall clock (so they include the kernel launch). On the GPU the table also gives the
 achieved memory bandwidth: the bytes the kernel must move at least (each input read once, each
 output written once, from the layout documented at the top of p3o_kernel.cu) over the median time,
-and that as a fraction of the device's peak (--peak-gbps, or looked up from the device's name).
+and that as a fraction of the device's peak (--peak-gbps, else from the memory clock and bus width
+the driver reports, else from a table of data-sheet figures by device name; the table says which).
 The markdown table goes to --out (default results/bench_kernels_{device}.md) and a CSV next to it.
 """
 
@@ -39,8 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from p3o_kernel_loader import load_kernels  # noqa: E402
 
-# Peak DRAM bandwidth in GB/s (1e9 bytes/s), from the vendors' data sheets, by device name.
-PEAK_GBPS = [("H100 80GB HBM3", 3350.0), ("H200", 4800.0)]
+# Peak DRAM bandwidth in GB/s (1e9 bytes/s) by device name, from NVIDIA's data sheets (H100: "NVIDIA H100
+# Tensor Core GPU" datasheet, SXM 3.35 TB/s, PCIe 2 TB/s, NVL 3.9 TB/s; H200: product page, 4.8 TB/s;
+# A100: "NVIDIA A100 Tensor Core GPU" datasheet, 80GB SXM 2,039 GB/s, 80GB PCIe 1,935 GB/s, 40GB 1,555 GB/s).
+# Used only where the driver does not report the memory clock and bus width (see peak_bandwidth).
+PEAK_GBPS = [("H100 80GB HBM3", 3350.0), ("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("H200", 4800.0),
+             ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100-SXM4-40GB", 1555.0),
+             ("A100-PCIE-40GB", 1555.0)]
 GAMMA, LAM = 0.99, 0.95
 
 
@@ -58,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--reference-repeats", type=int, default=3,
                    help="timed calls of the plain-loop references (smallest size only); 0 skips them")
     p.add_argument("--peak-gbps", type=float, default=None,
-                   help="the device's peak memory bandwidth in GB/s (default: looked up for H100 80GB HBM3 and H200)")
+                   help="the device's peak memory bandwidth in GB/s (default: from the driver's memory clock and bus "
+                        "width, else a data-sheet table for H100/H200/A100)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="markdown output (default results/bench_kernels_{device}.md)")
@@ -209,17 +216,24 @@ def check_close(name, got, want, atol=1e-5, rtol=1e-4, labels=("advantages", "ta
 
 
 def peak_bandwidth(args):
+    """(device name, peak GB/s, where the peak comes from): --peak-gbps, else the driver's memory clock
+    and bus width (double data rate: 2 transfers per clock), else the data-sheet table by name."""
     if args.device != "cuda":
-        return None, None
+        return None, None, None
     name = torch.cuda.get_device_name()
     if args.peak_gbps is not None:
-        return name, args.peak_gbps
+        return name, args.peak_gbps, "--peak-gbps"
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
+    if clock_khz > 0 and bus_bits > 0:
+        gbps = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+        return name, gbps, f"driver: memory clock {clock_khz / 1e3:.0f} MHz x {bus_bits}-bit bus x 2 (DDR)"
     for key, gbps in PEAK_GBPS:
         if key in name:
-            return name, gbps
+            return name, gbps, f"data sheet for '{key}'"
     print(f"WARNING: unknown peak bandwidth for '{name}': pass --peak-gbps <GB/s> to get the "
           "fraction-of-peak column (it is left empty).", flush=True)
-    return name, None
+    return name, None, None
 
 
 def fmt(x, spec):
@@ -232,7 +246,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    gpu_name, peak = peak_bandwidth(args)
+    gpu_name, peak, peak_source = peak_bandwidth(args)
     kernels = load_kernels(device)
     try:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -300,7 +314,7 @@ def main(argv=None):
     lines = [
         f"# Advantage kernels vs vectorized PyTorch on {args.device}",
         "",
-        f"- device: {device_desc}" + (f"; peak bandwidth {peak:g} GB/s" if peak else ""),
+        f"- device: {device_desc}" + (f"; peak memory bandwidth {peak:,.0f} GB/s ({peak_source})" if peak else ""),
         f"- torch {torch.__version__}, python {platform.python_version()}, {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- T = {T}; median of {args.repeats} calls after {args.warmup} warm-up calls, wall clock per call"
         + (" with torch.cuda.synchronize() before and after" if cuda else ""),

@@ -9,10 +9,12 @@ The file reads top to bottom: arguments, environment, agent, then the training l
 `diff ppo_gae.py p3o.py` shows exactly what P3O changes.
 """
 
+import atexit
 import dataclasses
 import difflib
 import importlib
 import math
+import multiprocessing
 import netrc
 import os
 import random
@@ -457,6 +459,14 @@ class StopSignal:
         self.signum, self.training, self.pid = None, False, os.getpid()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self.handle)
+        atexit.register(self.end_env_workers)
+
+    def end_env_workers(self):
+        """At any exit, end the Atari env workers still running: they ignore the signals that Python's own
+        clean-up at exit would send them, and it would wait for them forever."""
+        if os.getpid() == self.pid:
+            for worker in multiprocessing.active_children():
+                worker.kill()
 
     def handle(self, signum, frame):
         if os.getpid() != self.pid:  # a forked env worker: the main process decides when to stop
@@ -467,6 +477,8 @@ class StopSignal:
                   "(send it again to quit at once)", flush=True)
         else:
             print(f"\n{signal.Signals(signum).name}: stopped", flush=True)
+            for other in (signal.SIGINT, signal.SIGTERM):  # exiting now: more signals would only break the clean-up
+                signal.signal(other, signal.SIG_IGN)
             sys.exit(128 + signum)
 
 

@@ -49,6 +49,8 @@ class Args:
     """the Weights and Biases entity (team); None is your default entity"""
     wandb_mode: Literal["online", "offline"] = "online"
     """`offline` writes the W&B run locally, to upload later with `wandb sync`"""
+    wandb_group: Optional[str] = None
+    """the Weights and Biases group of the run (scripts/compare.py puts all runs of one sweep in one group)"""
     save_model: bool = False
     """if toggled, the agent is saved to runs/{run_name}/{exp_name}.pt at the end"""
     eval_checkpoint: Optional[str] = None
@@ -352,6 +354,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             mode=args.wandb_mode,
+            group=args.wandb_group,
             sync_tensorboard=True,
             config=vars(args),
             name=run_name,

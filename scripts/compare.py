@@ -432,6 +432,7 @@ def connect(args, runs):
     else:
         cpus = int(math.ceil(args.jobs * args.cpus_per_run)) if args.jobs else None
         ray.init(num_cpus=cpus, **quiet)
+    interrupt_on_sigterm()
     total = ray.cluster_resources()
     if args.gpus_per_run is None:
         args.gpus_per_run = 1.0 if total.get("GPU", 0) and any(r.device != "cpu" for r in runs) else 0.0
@@ -540,14 +541,19 @@ def check_changed(runs, store: Store, rerun_changed):
         store.results.pop(store.exp.key(r.ids), None)
 
 
-def main_of(exp: Experiment, args, plan):
-    """The runner's main: run what `plan()` lists (unless --plot-only), then the experiment's report."""
+def interrupt_on_sigterm():
+    """`kill` (SIGTERM) stops a sweep as cleanly as Ctrl-C does (set again after ray.init, which sets its own)."""
 
-    def sigterm(signum, frame):  # `kill` stops a sweep as cleanly as Ctrl-C does
+    def sigterm(signum, frame):
         raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, sigterm)
+
+
+def main_of(exp: Experiment, args, plan):
+    """The runner's main: run what `plan()` lists (unless --plot-only), then the experiment's report."""
+    interrupt_on_sigterm()
     store = Store(args.out, exp)
     ok = True
     if not args.plot_only:
@@ -558,15 +564,14 @@ def main_of(exp: Experiment, args, plan):
         try:
             ok = execute(runs, store, args)
         except KeyboardInterrupt:
-            exp.report(store, args)
-            return 130
+            ok = None
     elif not store.runs:
         sys.exit(f"error: --plot-only found no runs.csv in {args.out}")
     if not store.finished_keys():
         print("no finished runs yet: no plot or summary", flush=True)
     else:
         exp.report(store, args)
-    return 0 if ok else 1
+    return 130 if ok is None else 0 if ok else 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ class Run:
         self.config = hashlib.sha1(blob.encode()).hexdigest()[:8]
         self.exp_name = f"{self.label}-{self.config}"  # no "__" or "/": the run folder's name stays parseable
         self.run_name = f"{self.env_id.replace('/', '_')}__{self.exp_name}__{self.seed}"
-        self.name = " ".join(str(v) for v in self.ids.values())
+        self.name = " ".join(f"{k}={v}" for k, v in self.ids.items())
         self.log_name = f"{self.exp_name}__{self.env_id.replace('/', '_').replace(':', '_')}__{self.seed}.log"
 
     def argv(self, args, resumable):

@@ -28,6 +28,7 @@ TINY = [
     "--ppo-args", "--num-envs 2 --num-steps 32",
     "--p3o-args", "--num-envs 2 --num-steps 32 --horizon 8",
 ]  # fmt: skip
+ONE_SEED = [*TINY, "--seeds", "1"]
 
 
 @pytest.fixture
@@ -133,19 +134,19 @@ def scripts_resume():
 def test_embedded_ray_runs_resumes_and_reruns_unfinished(tmp_path, ray_env):
     out = tmp_path / "compare"
 
-    # 1. Both algorithms, two seeds, on a local Ray started by the runner, two at a time
-    stdout = compare(out, *TINY, "--jobs", "2", env=ray_env)
+    # 1. Both algorithms, one seed, on a local Ray started by the runner, two at a time
+    stdout = compare(out, *ONE_SEED, "--jobs", "2", env=ray_env)
     assert "Ray: local, 2 CPUs" in stdout
-    runs = check_finished_once(out, ["ppo_gae", "p3o"], [1, 2], 1024)
+    runs = check_finished_once(out, ["ppo_gae", "p3o"], [1], 1024)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
-    assert "| ppo_gae |" in summary and "| p3o |" in summary and "(n=2)" in summary
+    assert "| ppo_gae |" in summary and "| p3o |" in summary and "(n=1)" in summary
     assert "| ppo_gae |" in stdout  # the table is printed too
 
     # 2. Same command again: everything is skipped, nothing is touched, Ray is not even started
     before, csv_mtime = snapshot(out), (out / "results.csv").stat().st_mtime_ns
-    stdout = compare(out, *TINY, env=ray_env)
-    assert stdout.count("already finished") == 4 and "nothing to run" in stdout and "Ray:" not in stdout
+    stdout = compare(out, *ONE_SEED, env=ray_env)
+    assert stdout.count("already finished") == 2 and "nothing to run" in stdout and "Ray:" not in stdout
     assert snapshot(out) == before
     assert (out / "results.csv").stat().st_mtime_ns == csv_mtime
 
@@ -160,11 +161,13 @@ def test_embedded_ray_runs_resumes_and_reruns_unfinished(tmp_path, ray_env):
     old_events = {p.name for p in (out / p3o["run_dir"]).iterdir()}
     mine = f"runs/CartPole-v1__{p3o['exp_name']}__1"  # its folder: this, or this + "__{time}" without --run-name
     others = {k: v for k, v in before.items() if not k.startswith(mine)}
-    stdout = compare(out, *TINY, env=ray_env)
-    assert stdout.count("already finished") == 3 and "1 run(s) submitted" in stdout
-    assert re.search(r"done +p3o CartPole-v1 1", stdout)
+    stdout = compare(out, *ONE_SEED, "--track", "--wandb-mode", "offline", "--sweep-name", "sweep-xyz", env=ray_env)
+    assert stdout.count("already finished") == 1 and "1 run(s) submitted" in stdout
+    (wandb_run,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # W&B's offline record, in --out
+    assert b"sweep-xyz" in wandb_run.read_bytes()  # the W&B group: the sweep's name
+    assert re.search(r"done +label=p3o game=CartPole-v1 seed=1", stdout)
     assert {k: v for k, v in snapshot(out).items() if not k.startswith(mine)} == others
-    runs = check_finished_once(out, ["ppo_gae", "p3o"], [1, 2], 1024)
+    runs = check_finished_once(out, ["ppo_gae", "p3o"], [1], 1024)
     (new_p3o,) = [r for r in runs if (r["label"], r["seed"]) == ("p3o", "1")]
     new_events = {p.name for p in (out / new_p3o["run_dir"]).iterdir()}
     if "resumed from its checkpoint" in stdout:  # scripts with --resume: the final checkpoint is continued

@@ -428,7 +428,15 @@ def connect(args, runs):
 
     quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     if args.address:
-        ray.init(address=args.address, **quiet)
+        print(f"connecting to the Ray cluster at {args.address} (Ray retries for a while if none answers)", flush=True)
+        try:
+            ray.init(address=args.address, **quiet)
+        except (ConnectionError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            sys.exit(
+                f"error: --address {args.address}: no Ray cluster answered ({first}). Start one with `ray start --head`;"
+                " if it uses token authentication, set RAY_AUTH_MODE=token and give this machine its token file"
+            )  # fmt: skip
     else:
         cpus = int(math.ceil(args.jobs * args.cpus_per_run)) if args.jobs else None
         ray.init(num_cpus=cpus, **quiet)

@@ -27,7 +27,8 @@ What --out holds:
     curves.png    the comparison: a panel per game, mean over seeds with a min..max (or std) band
     horizon_sweep.png   the same for a horizon sweep, plus the final return against H
     summary.md    label x game: final return mean +- std over seeds (n seeds)
-    logs/         the stdout + stderr of each run
+    logs/         the stdout + stderr of each run (written as it runs on the node running it, and
+                  here by this process when it ends)
 
 Resuming: rerunning the same command skips every run that runs.csv says is finished (with the same
 settings). Any other run (interrupted, failed, never started) is run again, and continues from its
@@ -92,7 +93,8 @@ def runner_parser(description, total_timesteps, out):
     ray.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves for each run (also its OMP_NUM_THREADS)")
     ray.add_argument(
         "--gpus-per-run", type=float,
-        help="GPUs Ray reserves for each run, 0.25 = four runs per GPU (default: 1 if the runs use a GPU and Ray has one, else 0)",
+        help="GPUs Ray reserves for each run, 0.25 = four runs per GPU (default, if the runs use a GPU and Ray has one: 1,"
+        " or locally with --jobs the GPUs shared evenly by the --jobs runs; else 0)",
     )  # fmt: skip
     ray.add_argument("--retries", type=int, default=3, help="times Ray reruns a run whose worker died (node lost, killed)")
     ray.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between the runs' checkpoints (--checkpoint-every of the scripts)")
@@ -301,12 +303,16 @@ class Store:
 # On the worker: one run as a subprocess, its results returned to the driver
 # ---------------------------------------------------------------------------------------------
 def die_with_parent():
-    """In the child before exec: SIGKILL it when the Ray worker that started it dies (Linux), so a
-    lost worker leaves no orphan training on in the folder its retry will use."""
-    with contextlib.suppress(Exception):
+    """A function for the child to call before exec that has it SIGKILLed when the Ray worker that
+    started it dies (Linux; None elsewhere), so a lost worker leaves no orphan training on in the
+    folder its retry will use. libc is loaded here, in the parent: the child only makes the call."""
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def stop_group(proc, grace=30.0):
@@ -333,12 +339,12 @@ def read_events(run_dir: Path):
     return episodes, [s.value for s in sps], last_step, {tag: values[-1].value for tag, values in scalars.items() if values}
 
 
-def run_on_worker(argv, out, run_name, threads, resumable):
-    """Run `python argv` in `out` on this node; return what the driver records (no shared disk needed)."""
+def run_on_worker(argv, out, run_name, log_name, threads, resumable):
+    """Run `python argv` in `out` on this node, its output in out/logs/log_name as it runs; return what
+    the driver records, the log's text included (no shared disk needed)."""
     import shutil
     import socket
     import subprocess
-    import tempfile
 
     runs = Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -350,12 +356,13 @@ def run_on_worker(argv, out, run_name, threads, resumable):
     resumed = any(folders())
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     start = time.time()
-    with tempfile.TemporaryFile("w+", errors="replace") as log:
+    (Path(out) / "logs").mkdir(exist_ok=True)
+    with open(Path(out) / "logs" / log_name, "w+", errors="replace") as log:
         log.write("$ " + shlex.join(["python", *argv]) + "\n")
         log.flush()
         proc = subprocess.Popen(
             [sys.executable, *argv], cwd=out, stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent(),
         )  # fmt: skip
         try:
             proc.wait()
@@ -442,8 +449,9 @@ def connect(args, runs):
         ray.init(num_cpus=cpus, **quiet)
     interrupt_on_sigterm()
     total = ray.cluster_resources()
-    if args.gpus_per_run is None:
-        args.gpus_per_run = 1.0 if total.get("GPU", 0) and any(r.device != "cpu" for r in runs) else 0.0
+    if args.gpus_per_run is None:  # a GPU per run; locally with --jobs, the GPUs shared among the --jobs runs
+        gpus = total.get("GPU", 0) if any(r.device != "cpu" for r in runs) else 0
+        args.gpus_per_run = math.floor(min(1.0, gpus / args.jobs) * 1e4) / 1e4 if gpus and args.jobs else min(gpus, 1.0)
     for name, need in (("CPU", args.cpus_per_run), ("GPU", args.gpus_per_run)):
         if need > total.get(name, 0):
             message = f"--{name.lower()}s-per-run {need:g}: the Ray cluster has {total.get(name, 0):g} {name}s in all"
@@ -480,7 +488,7 @@ def execute(runs, store: Store, args):
     pending = {}  # ObjectRef -> Run
     try:
         for run in todo:
-            ref = task.remote(run.argv(args, resumable[run.algo]), str(out), run.run_name, threads, resumable[run.algo])
+            ref = task.remote(run.argv(args, resumable[run.algo]), str(out), run.run_name, run.log_name, threads, resumable[run.algo])
             pending[ref] = run
             store.runs[exp.key(run.ids)] = record(run, exp, out, "running")[0]
         store.save()

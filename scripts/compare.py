@@ -88,7 +88,7 @@ def runner_parser(description, total_timesteps, out):
     p.add_argument("--smooth", type=int, default=5, help="moving-average window of the curves, in grid points")
     p.add_argument("--band", choices=["minmax", "std"], default="minmax", help="shaded band over seeds")
     ray = p.add_argument_group("where the runs run (Ray)")
-    ray.add_argument("--address", help="HOST:PORT of a running Ray cluster, or auto; default: a local Ray in this process")
+    ray.add_argument("--address", help="HOST:PORT of the Ray cluster this node is part of, or auto; default: a local Ray in this process")
     ray.add_argument("--jobs", type=int, help="local Ray only: runs at once (default: the machine's cores / --cpus-per-run)")
     ray.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves for each run (also its OMP_NUM_THREADS)")
     ray.add_argument(

@@ -242,7 +242,7 @@ def test_interrupted_sweep_continues_from_checkpoint(tmp_path, ray_env):
         pytest.skip("p3o.py has no --resume yet: the runner starts interrupted runs afresh")
     out = tmp_path / "resume"
     flags = [
-        "--games", "CartPole-v1", "--seeds", "1", "--algos", "p3o", "--total-timesteps", "20480", "--device", "cpu",
+        "--games", "CartPole-v1", "--seeds", "1", "--algos", "p3o", "--total-timesteps", "8192", "--device", "cpu",
         "--p3o-args", "--num-envs 2 --num-steps 32 --horizon 8", "--checkpoint-every", "0.5", "--jobs", "1",
     ]  # fmt: skip
     runner = subprocess.Popen(
@@ -267,6 +267,8 @@ def test_interrupted_sweep_continues_from_checkpoint(tmp_path, ray_env):
     stdout = compare(out, *flags, env=ray_env)
     assert "resumed from its checkpoint" in stdout
     _, runs = read(out / "runs.csv")
-    assert [(r["status"], r["last_step"], r["run_dir"]) for r in runs] == [("finished", "20480", f"runs/{run_dir.name}")]
+    resumed_at = re.search(r"Resuming \S+ from \S+: iteration (\d+)/", (out / runs[0]["log"]).read_text())
+    assert resumed_at and int(resumed_at.group(1)) > 0  # the script continued, it did not start over
+    assert [(r["status"], r["last_step"], r["run_dir"]) for r in runs] == [("finished", "8192", f"runs/{run_dir.name}")]
     _, results = read(out / "results.csv")
-    assert len(results) == int(runs[0]["episodes"]) and all(0 < int(r["step"]) <= 20480 for r in results)
+    assert len(results) == int(runs[0]["episodes"]) and all(0 < int(r["step"]) <= 8192 for r in results)

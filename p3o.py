@@ -64,6 +64,8 @@ class Args:
     """the Weights and Biases entity (team); None is your default entity"""
     wandb_mode: Literal["online", "offline"] = "online"
     """`offline` writes the W&B run locally, to upload later with `wandb sync`"""
+    wandb_group: Optional[str] = None
+    """the Weights and Biases group of the run (scripts/compare.py puts all runs of one sweep in one group)"""
     save_model: bool = False
     """if toggled, the agent is saved to runs/{run_name}/{exp_name}.pt at the end"""
     eval_checkpoint: Optional[str] = None
@@ -434,7 +436,7 @@ def saved_args(checkpoint: dict) -> Args:
 
 def resumed_args(args: Args, checkpoint: dict, path: str) -> Args:
     """The checkpoint's settings; a flag given on the command line may only change how the run is hosted."""
-    hosting = {"device", "track", "wandb_project_name", "wandb_entity", "wandb_mode", "save_model", "checkpoint_every", "resume"}
+    hosting = {"device", "track", "wandb_project_name", "wandb_entity", "wandb_mode", "wandb_group", "save_model", "checkpoint_every", "resume"}
     saved, default = saved_args(checkpoint), Args()
     for field in dataclasses.fields(Args):
         given = getattr(args, field.name)
@@ -587,6 +589,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             mode=args.wandb_mode,
+            group=args.wandb_group,
             sync_tensorboard=True,
             config=vars(args),
             name=run_name,

@@ -1,26 +1,99 @@
-"""scripts/compare.py end to end on CartPole-v1 (cheap): CSVs, plot, summary, skip on rerun, rerun of an unfinished run."""
+"""scripts/compare.py, the runner on Ray, end to end on CartPole-v1 with tiny runs (seconds each):
+
+- the embedded local Ray (no --address): CSVs, plot, summary, skip on rerun, rerun of an unfinished
+  run, and no Ray process left behind;
+- a two-node Ray cluster on this machine (`ray start --head` plus a second `ray start --address`
+  node with its own resources), reached through --address: the second node is killed in the middle
+  of the sweep, and every run must still finish exactly once with the CSVs intact;
+- resuming from a checkpoint: a sweep stopped by SIGTERM continues its run on the next invocation
+  (runs only where the training scripts have --resume).
+"""
 
 import csv
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--games", "CartPole-v1", "--seeds", "1", "--total-timesteps", "2048", "--device", "cpu",
-    "--ppo-args", "--num-envs 2 --num-steps 64",
-    "--p3o-args", "--num-envs 2 --num-steps 64 --horizon 8",
+    "--games", "CartPole-v1", "--seeds", "1", "2", "--total-timesteps", "1024", "--device", "cpu",
+    "--ppo-args", "--num-envs 2 --num-steps 32",
+    "--p3o-args", "--num-envs 2 --num-steps 32 --horizon 8",
 ]  # fmt: skip
+ONE_SEED = [*TINY, "--seeds", "1"]
 
 
-def compare(out, *flags):
-    result = subprocess.run(
+@pytest.fixture
+def ray_env():
+    """Environment for Ray processes: a short temp dir (Unix socket paths are limited to ~100
+    characters), no auth token written to the home folder."""
+    tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    env = dict(os.environ, RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+    yield env
+    subprocess.run(["rm", "-rf", tmp])
+
+
+def session_pids(sid):
+    """Processes of session `sid` (from /proc): the processes a setsid'd command started."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after pid (comm): state ppid pgrp session
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_session(sid):
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def children_of_session(sid, pattern):
+    """Processes whose parent belongs to session `sid` and whose command line matches `pattern`."""
+    parents = set(session_pids(sid))
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if ppid in parents and re.search(pattern, cmd):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def compare(out, *flags, env=None, timeout=300):
+    """Run the runner in its own session; on return no process of that session may be left."""
+    proc = subprocess.Popen(
         [sys.executable, "scripts/compare.py", "--out", str(out), *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+    finally:
+        deadline = time.time() + 20
+        while session_pids(proc.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        left = session_pids(proc.pid)
+        kill_session(proc.pid)
+    assert not left, f"Ray processes left behind by the runner: {left}"
+    assert proc.returncode == 0, stdout[-4000:]
+    return stdout
 
 
 def read(path):
@@ -29,69 +102,173 @@ def read(path):
         return reader.fieldnames, list(reader)
 
 
+def check_finished_once(out, labels, seeds, steps):
+    """runs.csv: one finished row per run; results.csv: exactly each run's episodes, within its steps."""
+    columns, runs = read(out / "runs.csv")
+    assert columns[:8] == ["label", "game", "seed", "total_timesteps", "final_return", "wall_time_s", "sps", "status"]
+    assert sorted((r["label"], r["seed"]) for r in runs) == sorted((lab, str(s)) for lab in labels for s in seeds)
+    columns, results = read(out / "results.csv")
+    assert columns == ["algo", "game", "seed", "step", "episodic_return"]
+    for row in runs:
+        assert row["status"] == "finished" and row["returncode"] == "0", row
+        assert float(row["final_return"]) > 0 and float(row["sps"]) > 0 and int(row["last_step"]) == steps
+        mine = [r for r in results if (r["algo"], r["seed"]) == (row["label"], row["seed"])]
+        assert len(mine) == int(row["episodes"]) > 0
+        assert all(0 < int(r["step"]) <= steps for r in mine)
+        assert (out / row["run_dir"]).is_dir() and (out / row["log"]).read_text().startswith("$ python ")
+    assert len(results) == sum(int(r["episodes"]) for r in runs)
+    assert len(list((out / "runs").iterdir())) == len(runs)  # one folder per run: no leftover attempt
+    return runs
+
+
 def snapshot(out):
     """Every file under out/runs with its mtime: the run folders and their event files."""
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "runs").rglob("*")}
 
 
-def test_compare_runs_resumes_and_reruns_unfinished(tmp_path):
+def scripts_resume():
+    help_text = subprocess.run([sys.executable, "p3o.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    return "--resume" in help_text
+
+
+def test_embedded_ray_runs_resumes_and_reruns_unfinished(tmp_path, ray_env):
     out = tmp_path / "compare"
 
-    # 1. Both algorithms, one seed, two at a time
-    stdout = compare(out, *TINY, "--jobs", "2")
-    columns, results = read(out / "results.csv")
-    assert columns == ["algo", "game", "seed", "step", "episodic_return"]
-    assert {r["algo"] for r in results} == {"ppo_gae", "p3o"}
-    assert {(r["game"], r["seed"]) for r in results} == {("CartPole-v1", "1")}
-    assert all(0 < int(r["step"]) <= 2048 for r in results)
-    columns, runs = read(out / "runs.csv")
-    assert columns[:8] == ["label", "game", "seed", "total_timesteps", "final_return", "wall_time_s", "sps", "status"]
-    assert sorted(r["label"] for r in runs) == ["p3o", "ppo_gae"]
-    for row in runs:
-        assert row["status"] == "finished" and row["total_timesteps"] == "2048"
-        assert float(row["final_return"]) > 0 and float(row["sps"]) > 0 and float(row["wall_time_s"]) > 0
-        assert int(row["episodes"]) == sum(r["algo"] == row["label"] for r in results)
-        assert (out / row["run_dir"]).is_dir()  # the run's TensorBoard folder, found by its exp-name
-    assert len(list((out / "runs").iterdir())) == 2
+    # 1. Both algorithms, one seed, on a local Ray started by the runner, two at a time
+    stdout = compare(out, *ONE_SEED, "--jobs", "2", env=ray_env)
+    assert "Ray: local, 2 CPUs" in stdout
+    runs = check_finished_once(out, ["ppo_gae", "p3o"], [1], 1024)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
     assert "| ppo_gae |" in summary and "| p3o |" in summary and "(n=1)" in summary
     assert "| ppo_gae |" in stdout  # the table is printed too
 
-    # 2. Same command again: everything is skipped, nothing is touched
+    # 2. Same command again: everything is skipped, nothing is touched, Ray is not even started
     before, csv_mtime = snapshot(out), (out / "results.csv").stat().st_mtime_ns
-    stdout = compare(out, *TINY)
-    assert stdout.count("already finished") == 2 and "nothing to run" in stdout
+    stdout = compare(out, *ONE_SEED, env=ray_env)
+    assert stdout.count("already finished") == 2 and "nothing to run" in stdout and "Ray:" not in stdout
     assert snapshot(out) == before
     assert (out / "results.csv").stat().st_mtime_ns == csv_mtime
 
-    # 3. p3o's row says it was interrupted: only p3o is rerun, from scratch
+    # 3. p3o seed 1's row says it was running when the runner died: only that run is run again
     columns, runs = read(out / "runs.csv")
-    (p3o,) = [r for r in runs if r["label"] == "p3o"]
-    (ppo,) = [r for r in runs if r["label"] == "ppo_gae"]
+    (p3o,) = [r for r in runs if (r["label"], r["seed"]) == ("p3o", "1")]
     p3o["status"] = "running"
     with open(out / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(runs)
-    old_events = {p.name for p in (out / p3o["run_dir"]).glob("events.out.tfevents.*")}
-    ppo_files = {k: v for k, v in before.items() if k.startswith(ppo["run_dir"])}
-    stdout = compare(out, *TINY)
-    assert re.search(r"skip +ppo_gae CartPole-v1 seed 1", stdout) and not re.search(r"start +ppo_gae", stdout)
-    assert re.search(r"start +p3o CartPole-v1 seed 1", stdout) and "removing partial" in stdout
-    after = snapshot(out)
-    assert {k: v for k, v in after.items() if k.startswith(ppo["run_dir"])} == ppo_files
-    _, runs = read(out / "runs.csv")
-    assert [r["status"] for r in runs] == ["finished", "finished"]
-    (new_p3o,) = [r for r in runs if r["label"] == "p3o"]
-    new_events = {p.name for p in (out / new_p3o["run_dir"]).glob("events.out.tfevents.*")}  # not checkpoint.pt
-    assert new_events and not new_events & old_events  # a fresh run, not the old files
-    assert len(list((out / "runs").iterdir())) == 2  # the partial folder is gone
-    _, results = read(out / "results.csv")
-    assert {r["algo"] for r in results} == {"ppo_gae", "p3o"}
-    assert sum(r["algo"] == "p3o" for r in results) == int(new_p3o["episodes"])
+    old_events = {p.name for p in (out / p3o["run_dir"]).iterdir()}
+    mine = f"runs/CartPole-v1__{p3o['exp_name']}__1"  # its folder: this, or this + "__{time}" without --run-name
+    others = {k: v for k, v in before.items() if not k.startswith(mine)}
+    stdout = compare(out, *ONE_SEED, "--track", "--wandb-mode", "offline", "--sweep-name", "sweep-xyz", env=ray_env)
+    assert stdout.count("already finished") == 1 and "1 run(s) submitted" in stdout
+    (wandb_run,) = (out / "wandb").glob("offline-run-*/run-*.wandb")  # W&B's offline record, in --out
+    assert b"sweep-xyz" in wandb_run.read_bytes()  # the W&B group: the sweep's name
+    assert re.search(r"done +label=p3o game=CartPole-v1 seed=1", stdout)
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(mine)} == others
+    runs = check_finished_once(out, ["ppo_gae", "p3o"], [1], 1024)
+    (new_p3o,) = [r for r in runs if (r["label"], r["seed"]) == ("p3o", "1")]
+    new_events = {p.name for p in (out / new_p3o["run_dir"]).iterdir()}
+    if "resumed from its checkpoint" in stdout:  # scripts with --resume: the final checkpoint is continued
+        assert new_p3o["run_dir"] == p3o["run_dir"] and int(new_p3o["episodes"]) == int(p3o["episodes"])
+    else:  # scripts without it: a fresh run in a clean folder
+        assert new_events and not new_events & old_events
 
     # 4. Plots again from the CSVs alone, with a reference line
     (out / "curves.png").unlink()
-    stdout = compare(out, "--plot-only", "--reference", "CartPole-v1=500")
+    stdout = compare(out, "--plot-only", "--reference", "CartPole-v1=500", env=ray_env)
     assert (out / "curves.png").exists() and "| p3o |" in stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cluster_through_address_survives_a_lost_node(tmp_path, ray_env):
+    """Head (1 CPU) + a second node (2 CPUs) on loopback; the second node dies mid-sweep."""
+    port, out = free_port(), tmp_path / "cluster"
+    address = f"127.0.0.1:{port}"
+    ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    fast = '{"health_check_period_ms": 500, "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 0}'
+    head_cmd = [*ray, "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false", "--system-config", fast]
+    logs = tmp_path / "ray_start.log"
+    with open(logs, "w") as log:
+        head = subprocess.Popen(head_cmd, env=ray_env, stdout=log, stderr=log, start_new_session=True)
+        node2 = runner = None
+        try:
+            deadline = time.time() + 120
+            while not (Path(ray_env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").exists() and time.time() < deadline:
+                assert head.poll() is None, logs.read_text()[-3000:]
+                time.sleep(0.5)
+            node2_cmd = [*ray, "--address", address, "--num-cpus", "2", "--resources", '{"node2": 1}']
+            node2 = subprocess.Popen(node2_cmd, env=ray_env, stdout=log, stderr=log, start_new_session=True)
+            runner = subprocess.Popen(
+                [sys.executable, "scripts/compare.py", "--out", str(out), "--address", address, *TINY,
+                 "--total-timesteps", "2048"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ray_env,
+            )  # fmt: skip
+            # Kill the second node once a training run is under way on it
+            deadline = time.time() + 180
+            while not children_of_session(node2.pid, r"(ppo_gae|p3o)\.py") and time.time() < deadline:
+                assert runner.poll() is None, runner.stdout.read()[-3000:]
+                time.sleep(0.2)
+            on_node2 = children_of_session(node2.pid, r"(ppo_gae|p3o)\.py")
+            assert on_node2, "no run was placed on the second node"
+            time.sleep(1.0)
+            kill_session(node2.pid)
+            stdout, _ = runner.communicate(timeout=300)
+            assert runner.returncode == 0, stdout[-4000:]
+        finally:
+            for proc in (runner, node2, head):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+            for proc in (node2, head):
+                if proc is not None:
+                    kill_session(proc.pid)  # the node's processes; its workers are in its session too
+    # The runs the lost node was training were retried on the head; each finished once
+    assert all(not os.path.exists(f"/proc/{pid}") for pid in on_node2)
+    check_finished_once(out, ["ppo_gae", "p3o"], [1, 2], 2048)
+    assert "summary:" in stdout
+    # Rerunning the command redoes nothing (and needs no cluster)
+    stdout = compare(out, "--address", address, *TINY, "--total-timesteps", "2048", env=ray_env)
+    assert stdout.count("already finished") == 4 and "nothing to run" in stdout
+
+
+def test_interrupted_sweep_continues_from_checkpoint(tmp_path, ray_env):
+    if not scripts_resume():
+        pytest.skip("p3o.py has no --resume yet: the runner starts interrupted runs afresh")
+    out = tmp_path / "resume"
+    flags = [
+        "--games", "CartPole-v1", "--seeds", "1", "--algos", "p3o", "--total-timesteps", "8192", "--device", "cpu",
+        "--p3o-args", "--num-envs 2 --num-steps 32 --horizon 8", "--checkpoint-every", "0.5", "--jobs", "1",
+    ]  # fmt: skip
+    runner = subprocess.Popen(
+        [sys.executable, "scripts/compare.py", "--out", str(out), *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ray_env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while not list((out / "runs").glob("*/checkpoint.pt")) and time.time() < deadline:
+            assert runner.poll() is None, runner.stdout.read()[-3000:]
+            time.sleep(0.2)
+        os.kill(runner.pid, signal.SIGTERM)
+        stdout, _ = runner.communicate(timeout=120)
+    finally:
+        kill_session(runner.pid)
+    assert runner.returncode == 130, stdout[-3000:]
+    _, runs = read(out / "runs.csv")
+    assert [r["status"] for r in runs] == ["interrupted"]
+    (run_dir,) = (out / "runs").iterdir()
+    assert (run_dir / "checkpoint.pt").exists()
+
+    stdout = compare(out, *flags, env=ray_env)
+    assert "resumed from its checkpoint" in stdout
+    _, runs = read(out / "runs.csv")
+    resumed_at = re.search(r"Resuming \S+ from \S+: iteration (\d+)/", (out / runs[0]["log"]).read_text())
+    assert resumed_at and int(resumed_at.group(1)) > 0  # the script continued, it did not start over
+    assert [(r["status"], r["last_step"], r["run_dir"]) for r in runs] == [("finished", "8192", f"runs/{run_dir.name}")]
+    _, results = read(out / "results.csv")
+    assert len(results) == int(runs[0]["episodes"]) and all(0 < int(r["step"]) <= 8192 for r in results)

@@ -42,7 +42,6 @@ are submitted and whenever one ends, so a Ctrl-C or a crash never loses the resu
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
 import hashlib
@@ -191,15 +190,14 @@ class Run:
         self.name = " ".join(f"{k}={v}" for k, v in self.ids.items())
         self.log_name = f"{self.exp_name}__{self.env_id.replace('/', '_').replace(':', '_')}__{self.seed}.log"
 
-    def argv(self, args, resumable):
+    def argv(self, args):
         """The script's flags (the script path first), as the worker runs it."""
         argv = [
             str(ROOT / SCRIPTS[self.algo]), "--env-id", self.env_id, "--seed", str(self.seed),
             "--total-timesteps", str(self.total_timesteps), "--exp-name", self.exp_name, "--device", self.device,
             *self.extra,
         ]  # fmt: skip
-        if resumable:
-            argv += ["--run-name", self.run_name, "--resume", "auto", "--checkpoint-every", f"{args.checkpoint_every:g}"]
+        argv += ["--run-name", self.run_name, "--resume", "auto", "--checkpoint-every", f"{args.checkpoint_every:g}"]
         if args.track:
             argv += ["--track", "--wandb-group", args.sweep_name, "--wandb-mode", args.wandb_mode]
         return argv
@@ -339,7 +337,7 @@ def read_events(run_dir: Path):
     return episodes, [s.value for s in sps], last_step, {tag: values[-1].value for tag, values in scalars.items() if values}
 
 
-def run_on_worker(argv, out, run_name, log_name, threads, resumable):
+def run_on_worker(argv, out, run_name, log_name, threads):
     """Run `python argv` in `out` on this node, its output in out/logs/log_name as it runs; return what
     the driver records, the log's text included (no shared disk needed)."""
     import shutil
@@ -348,10 +346,9 @@ def run_on_worker(argv, out, run_name, log_name, threads, resumable):
 
     runs = Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    # Without --run-name a script names its folder run_name + "__{time}"; with it, run_name.
-    folders = lambda: sorted([*runs.glob(glob_escape(run_name)), *runs.glob(glob_escape(run_name) + "__*")])  # noqa: E731
+    folders = lambda: sorted(runs.glob(glob_escape(run_name)))  # noqa: E731  (the scripts' --run-name)
     for d in folders():  # an earlier attempt: kept only if the script can continue from its checkpoint
-        if not (resumable and (d / "checkpoint.pt").exists()):
+        if not (d / "checkpoint.pt").exists():
             shutil.rmtree(d)
     resumed = any(folders())
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
@@ -381,15 +378,6 @@ def run_on_worker(argv, out, run_name, log_name, threads, resumable):
 
 def glob_escape(text):
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
-def script_has_flag(script, name):
-    """Does the script's Args dataclass have the field `name` (read from its source, nothing imported)?"""
-    tree = ast.parse((ROOT / script).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name == "Args":
-            return any(isinstance(f, ast.AnnAssign) and getattr(f.target, "id", "") == name for f in node.body)
-    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,13 +470,12 @@ def execute(runs, store: Store, args):
         print("nothing to run: every run is finished", flush=True)
         return True
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    resumable = {algo: script_has_flag(SCRIPTS[algo], "resume") for algo in {r.algo for r in todo}}
     task = connect(args, todo)
     threads = str(max(1, int(args.cpus_per_run)))
     pending = {}  # ObjectRef -> Run
     try:
         for run in todo:
-            ref = task.remote(run.argv(args, resumable[run.algo]), str(out), run.run_name, run.log_name, threads, resumable[run.algo])
+            ref = task.remote(run.argv(args), str(out), run.run_name, run.log_name, threads)
             pending[ref] = run
             store.runs[exp.key(run.ids)] = record(run, exp, out, "running")[0]
         store.save()

@@ -1,6 +1,5 @@
 """The kernel loader never hangs on a build lock: a dead builder's lock is removed, a live one is named."""
 
-import os
 import subprocess
 import sys
 import time

@@ -63,8 +63,10 @@ RESULT_COLUMNS = ["algo", "game", "seed", "step", "episodic_return"]
 RUN_COLUMNS = [
     "label", "game", "seed", "total_timesteps", "final_return", "wall_time_s", "sps", "status",
     "episodes", "last_step", "algo", "exp_name", "config", "args", "run_dir", "returncode", "log", "node",
+    "effective_horizon",
 ]  # fmt: skip
 FINAL_FRACTION = 0.10  # final_return: the games that ended in the last 10% of the steps
+AUC_BINS = 100  # area under the curve: the mean of the curve over this many equal spans of steps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,23 +746,59 @@ def make_plots(store: Store, args):
         save_figure(fig, args.out / name, f"{title}: mean over seeds, band {band}\nmoving average over {args.smooth}/{args.bins} of the steps")
 
 
+def area_under_curve(episodes, last_step, bins=AUC_BINS):
+    """The learning curve's mean height: over `bins` equal spans of the run's steps, the mean return of the
+    games that ended in each span (a span without one keeps the previous value), averaged over the spans."""
+    sums, counts = [0.0] * bins, [0] * bins
+    for step, score in episodes:
+        i = min(int(step * bins / max(last_step, 1)), bins - 1)
+        sums[i], counts[i] = sums[i] + score, counts[i] + 1
+    heights, height = [], None
+    for total, count in zip(sums, counts):
+        height = total / count if count else height
+        if height is not None:
+            heights.append(height)
+    return sum(heights) / len(heights) if heights else math.nan
+
+
+def seed_stats(values):
+    import numpy as np
+
+    values = [v for v in values if not math.isnan(v)]
+    return (float(np.mean(values)), float(np.std(values)), len(values)) if values else (math.nan, math.nan, 0)
+
+
 def summary_table(store: Store):
     finished = store.finished_keys()
     games = sorted({g for _, g, _ in finished})
     labels = sorted({lab for lab, _, _ in finished}, key=label_order)
-    lines = [
-        f"Final return: mean of the games that ended in the last {FINAL_FRACTION:.0%} of each run's steps, "
-        "then mean +- std over seeds (n seeds).",
-        "",
-        "| label | " + " | ".join(games) + " |",
-        "| --- |" + " --- |" * len(games),
+    curves = curves_by_label_game(store)
+    auc = lambda label, game: [  # noqa: E731
+        area_under_curve(episodes, int(store.runs[(label, game, seed)]["last_step"] or 0) or max([s for s, _ in episodes] + [1]))
+        for seed, episodes in curves[(label, game)].items()
     ]
-    for label in labels:
-        cells = []
-        for game in games:
-            m, s, n = final_stats(store, label, game)
-            cells.append(f"{m:.1f} +- {s:.1f} (n={n})" if n else "n/a")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    horizon = lambda label, game: [  # noqa: E731
+        float(store.runs[k]["effective_horizon"]) for k in finished if k[:2] == (label, game) and store.runs[k].get("effective_horizon")
+    ]
+    tables = [
+        (f"Final return: mean of the games that ended in the last {FINAL_FRACTION:.0%} of each run's steps, "
+         "then mean +- std over seeds (n seeds).", lambda label, game: final_stats(store, label, game)),
+        (f"Area under the curve: the learning curve's mean height over the run (mean return of the games ending "
+         f"in each of {AUC_BINS} equal spans of steps, averaged), then mean +- std over seeds.",
+         lambda label, game: seed_stats(auc(label, game))),
+    ]  # fmt: skip
+    if any(row.get("effective_horizon") for row in store.runs.values()):
+        tables.append(("P3O's effective horizon at the end of the run (p3o/effective_horizon), mean +- std over seeds.",
+                       lambda label, game: seed_stats(horizon(label, game))))  # fmt: skip
+    lines = []
+    for title, stats in tables:
+        lines += ([""] if lines else []) + [title, "", "| label | " + " | ".join(games) + " |", "| --- |" + " --- |" * len(games)]
+        for label in labels:
+            cells = []
+            for game in games:
+                m, s, n = stats(label, game)
+                cells.append(f"{m:.1f} +- {s:.1f} (n={n})" if n else "n/a")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     other = sorted(f"{lab} {g} seed {s}: {row['status']}" for (lab, g, s), row in store.runs.items() if row["status"] != "finished")
     if other:
         lines += ["", "Not finished: " + "; ".join(other)]
@@ -772,8 +810,15 @@ def report(store: Store, args):
     write_summary(args, summary_table(store))
 
 
+def effective_horizon_column(run: Run, result):
+    """P3O's p3o/effective_horizon at the end of the run (the summary's third table)."""
+    last = result["last"].get("p3o/effective_horizon")
+    return {"effective_horizon": f"{last:.2f}"} if last is not None else {}
+
+
 COMPARE = Experiment(
     run_columns=RUN_COLUMNS,
+    finished_columns=effective_horizon_column,
     result_columns=RESULT_COLUMNS,
     key=lambda row: (row["label"], row["game"], int(row["seed"])),
     result_key=lambda row: (row["algo"], row["game"], int(row["seed"])),

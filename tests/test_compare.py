@@ -10,6 +10,7 @@
 """
 
 import csv
+import math
 import os
 import re
 import signal
@@ -265,3 +266,14 @@ def test_interrupted_sweep_continues_from_checkpoint(tmp_path, ray_env):
     assert [(r["status"], r["last_step"], r["run_dir"]) for r in runs] == [("finished", "8192", f"runs/{run_dir.name}")]
     _, results = read(out / "results.csv")
     assert len(results) == int(runs[0]["episodes"]) and all(0 < int(r["step"]) <= 8192 for r in results)
+
+
+def test_area_under_curve_by_hand():
+    from scripts.compare import area_under_curve
+
+    # 4 spans of 25 steps: games ending at 10 (score 2) and 20 (4) -> 3; none in span 2 -> keeps 3;
+    # one at 60 (6) -> 6; one at 100 (the last step: the last span) (10) -> 10. Mean (3 + 3 + 6 + 10) / 4.
+    assert area_under_curve([(10, 2.0), (20, 4.0), (60, 6.0), (100, 10.0)], 100, bins=4) == 5.5
+    # Spans before the first game do not count: (6 + 10) / 2
+    assert area_under_curve([(60, 6.0), (100, 10.0)], 100, bins=4) == 8.0
+    assert math.isnan(area_under_curve([], 100, bins=4))

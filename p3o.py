@@ -87,6 +87,14 @@ class Args:
     """the sigma[k] the advantage weighs by: `rollout`, the root-mean-square error of mu[k] on this
     rollout's rewards inside the episode (the value the learned sigma converges to, without its lag);
     `learned`, the value head's sigma, as the original P3O (docs/p3o.md)"""
+    weight_rule: Literal["precision", "shrinkage", "uniform"] = "precision"
+    """how much each future step k counts: `precision`, max(0, 1/sigma[k]^2 - c/sigma_r^2), the original
+    rule; `shrinkage`, tau[k]^2 / (tau[k]^2 + s[k]^2), the share of step k's surprise that the prediction
+    made right after step t already knew; `uniform`, 1 for every k (docs/long_horizons.md)"""
+    advantage_rule: Literal["surprise", "change"] = "surprise"
+    """`surprise`: A_t = sum_k w_t[k] (y_{t+k} - mu_t[k]), the weighted observed surprise; `change`:
+    A_t = sum_k (mu_after[t, k] - mu_t[k]), the change step t made to the critic's predicted next H
+    rewards (weights unused; docs/long_horizons.md)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -129,6 +137,8 @@ def check_args(args: Args) -> None:
         errors.append(f"--horizon must be at least 1, got {args.horizon}")
     if not 0.0 <= args.chance_coef <= 1.0:
         errors.append(f"--chance-coef must be in [0, 1], got {args.chance_coef}")
+    if args.weight_rule != "precision" and args.advantage_sigma != "rollout":
+        errors.append(f"--weight-rule {args.weight_rule} does not use sigma[k]; it needs --advantage-sigma rollout (the default)")
     if args.state_sigma and args.advantage_sigma != "learned":
         errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
     for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
@@ -346,6 +356,47 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
     return weight
 
 
+def prediction_after_step(rewards, terminations, truncations, mus, mu_next):
+    """(mu_after, has_after), each [T, H, N]: the prediction of r_{t+k} made right after step t.
+    k = 0: r_t itself (the step revealed it). k >= 1: mu_{t+1}[k-1] (mu_next[k-1] after the
+    rollout's last step); 0 after a termination at t (the future is known); unknown after a
+    truncation at t (has_after = 0; termination wins where both flags are set)."""
+    H = mus.shape[1]
+    mu_after = torch.cat([mus[1:], mu_next[None]])[:, : H - 1]  # [T, H-1, N]: mu_{t+1}[k-1], k >= 1
+    mu_after = torch.cat([rewards[:, None, :], mu_after * (1 - terminations[:, None, :])], dim=1)
+    has_after = torch.ones_like(mus)
+    has_after[:, 1:] = 1 - (truncations * (1 - terminations))[:, None, :]
+    return mu_after, has_after
+
+
+def shrinkage_weight(kernels, rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
+    """weight[k] = tau[k]^2 / (tau[k]^2 + s[k]^2), [H], in [0, 1] (`--weight-rule shrinkage`; tried and
+    measured in docs/long_horizons.md). The surprise y_{t+k} - mu_t[k] splits into
+        what step t revealed   mu_after[t, k] - mu_t[k],    tau[k]^2 = its mean square over the rows
+        what came later        y_{t+k} - mu_after[t, k],    s[k]^2 = its mean square over the live rewards
+    (mu_after: prediction_after_step). A predictable reward has small tau and small s, and its weight
+    is at most 1. 0 where nothing was measured."""
+    targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+    mu_after, has_after = prediction_after_step(rewards, terminations, truncations, mus, mu_next)
+    tau2 = (has_after * (mu_after - mus) ** 2).sum((0, 2)) / has_after.sum((0, 2)).clamp(min=1)
+    s2 = (live * (targets - mu_after) ** 2).sum((0, 2)) / live.sum((0, 2)).clamp(min=1)
+    total = tau2 + s2
+    weight = torch.where(total > 0, tau2 / total.clamp(min=1e-30), 0.0)
+    if not torch.isfinite(weight).all():
+        sys.exit("error: the P3O shrinkage weight is not finite: the critic's predictions are not finite")
+    return weight
+
+
+def change_advantage(rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
+    """A_t = sum_k (mu_after[t, k] - mu_t[k]), [T, N] (`--advantage-rule change`): how much step t
+    changed the predicted rewards of steps t .. t+H-1, i.e. r_t + sum_{k>=1} mu_{t+1}[k-1] - sum_k mu_t[k]
+    (mu_after: prediction_after_step; after a truncation only k = 0 counts). Every k counts alike:
+    no weight can favour one delay over another. It trusts the critic, which learns every mu[k] from
+    observed rewards (the value loss), not from its own predictions."""
+    mu_after, has_after = prediction_after_step(rewards, terminations, truncations, mus, mu_next)
+    return (has_after * (mu_after - mus)).sum(1)
+
+
 def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
     vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
@@ -478,10 +529,17 @@ if __name__ == "__main__":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            if args.weight_rule == "precision":
+                weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            elif args.weight_rule == "shrinkage":
+                weight = shrinkage_weight(kernels, rewards, terminations, truncations, mus, mu_next)
+            else:  # uniform: every k alike, the undiscounted H-step return minus the prediction
+                weight = torch.ones(args.horizon, device=device)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max"
         )
+        if args.advantage_rule == "change":
+            advantages = change_advantage(rewards, terminations, truncations, mus, mu_next)
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)

@@ -14,6 +14,7 @@ import argparse
 import csv
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ def run_one(config, script_args, bonus, seed, args):
                "--env-id", f"scripts.delayed_choice:{variant_id(bonus)}", "--seed", str(seed),
                "--total-timesteps", str(args.total_timesteps), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    shutil.rmtree(folder / "runs", ignore_errors=True)  # an interrupted earlier try
     with open(folder / "log.txt", "w") as log:
         subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     (run_dir,) = (folder / "runs").iterdir()

@@ -95,6 +95,9 @@ class Args:
     """`surprise`: A_t = sum_k w_t[k] (y_{t+k} - mu_t[k]), the weighted observed surprise; `change`:
     A_t = sum_k (mu_after[t, k] - mu_t[k]), the change step t made to the critic's predicted next H
     rewards (weights unused; docs/long_horizons.md)"""
+    value_loss: Literal["nll", "mse"] = "nll"
+    """`nll`: Gaussian negative log-likelihood, so mu[k]'s error counts 1/sigma[k]^2 times; `mse`: mu[k] fit
+    by squared error, every k alike (sigma[k] still fit by the likelihood, on the detached error)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -579,7 +582,11 @@ if __name__ == "__main__":
                 pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
                 # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
-                nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
+                error = b_targets[mb_inds] - new_mu
+                if args.value_loss == "mse":  # mu by squared error, every k alike; sigma by the NLL of the error
+                    nll = 0.5 * error**2 + new_log_sigma + 0.5 * error.detach() ** 2 * torch.exp(-2 * new_log_sigma)
+                else:
+                    nll = new_log_sigma + 0.5 * error**2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
                 entropy_loss = entropy.mean()

@@ -57,16 +57,38 @@ def run_one(config, script_args, bonus, seed, args):
                                     "--seed", str(seed), "--total-timesteps", str(args.total_timesteps)]))
 
 
+def summary(table):
+    """A markdown table: per config and bonus delay, the mean bonus fraction and each seed's."""
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["config"], int(r["bonus_delay"])), []).append((int(r["seed"]), float(r["bonus_fraction"])))
+    delays = sorted({d for _, d in cells})
+    lines = ["| config | " + " | ".join(f"bonus at delay {d}" for d in delays) + " |", "|---" * (len(delays) + 1) + "|"]
+    for config in dict.fromkeys(c for c, _ in cells):
+        row = []
+        for d in delays:
+            seeds = sorted(cells.get((config, d), []))
+            row.append(f"{sum(v for _, v in seeds) / len(seeds):.2f} ({', '.join(f'{v:.2f}' for _, v in seeds)})" if seeds else "")
+        lines.append(f"| {config} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", nargs="+", required=True, help='"LABEL=script.py --flag value ..."')
+    parser.add_argument("--config", nargs="+", default=[], help='"LABEL=script.py --flag value ..."')
     parser.add_argument("--bonus", nargs="+", type=int, default=[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--total-timesteps", type=int, default=200_000)
     parser.add_argument("--final-fraction", type=float, default=0.1, help="the final share of steps scored")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="results/delayed_choice/runs")
+    parser.add_argument("--summary", action="store_true", help="run nothing: print OUT/runs.csv as a markdown table")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(Path(args.out) / "runs.csv"))
+        return
     configs = []
     for item in args.config:
         label, sep, rest = item.partition("=")

@@ -87,17 +87,10 @@ class Args:
     """the sigma[k] the advantage weighs by: `rollout`, the root-mean-square error of mu[k] on this
     rollout's rewards inside the episode (the value the learned sigma converges to, without its lag);
     `learned`, the value head's sigma, as the original P3O (docs/p3o.md)"""
-    weight_rule: Literal["precision", "shrinkage", "uniform"] = "precision"
-    """how much each future step k counts: `precision`, max(0, 1/sigma[k]^2 - c/sigma_r^2), the original
-    rule; `shrinkage`, tau[k]^2 / (tau[k]^2 + s[k]^2), the share of step k's surprise that the prediction
-    made right after step t already knew; `uniform`, 1 for every k (docs/long_horizons.md)"""
     advantage_rule: Literal["surprise", "change"] = "surprise"
     """`surprise`: A_t = sum_k w_t[k] (y_{t+k} - mu_t[k]), the weighted observed surprise; `change`:
     A_t = sum_k (mu_after[t, k] - mu_t[k]), the change step t made to the critic's predicted next H
     rewards (weights unused; docs/long_horizons.md)"""
-    value_loss: Literal["nll", "mse"] = "nll"
-    """`nll`: Gaussian negative log-likelihood, so mu[k]'s error counts 1/sigma[k]^2 times; `mse`: mu[k] fit
-    by squared error, every k alike (sigma[k] still fit by the likelihood, on the detached error)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -140,8 +133,6 @@ def check_args(args: Args) -> None:
         errors.append(f"--horizon must be at least 1, got {args.horizon}")
     if not 0.0 <= args.chance_coef <= 1.0:
         errors.append(f"--chance-coef must be in [0, 1], got {args.chance_coef}")
-    if args.weight_rule != "precision" and args.advantage_sigma != "rollout":
-        errors.append(f"--weight-rule {args.weight_rule} does not use sigma[k]; it needs --advantage-sigma rollout (the default)")
     if args.state_sigma and args.advantage_sigma != "learned":
         errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
     for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
@@ -372,24 +363,6 @@ def prediction_after_step(rewards, terminations, truncations, mus, mu_next):
     return mu_after, has_after
 
 
-def shrinkage_weight(kernels, rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
-    """weight[k] = tau[k]^2 / (tau[k]^2 + s[k]^2), [H], in [0, 1] (`--weight-rule shrinkage`; tried and
-    measured in docs/long_horizons.md). The surprise y_{t+k} - mu_t[k] splits into
-        what step t revealed   mu_after[t, k] - mu_t[k],    tau[k]^2 = its mean square over the rows
-        what came later        y_{t+k} - mu_after[t, k],    s[k]^2 = its mean square over the live rewards
-    (mu_after: prediction_after_step). A predictable reward has small tau and small s, and its weight
-    is at most 1. 0 where nothing was measured."""
-    targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
-    mu_after, has_after = prediction_after_step(rewards, terminations, truncations, mus, mu_next)
-    tau2 = (has_after * (mu_after - mus) ** 2).sum((0, 2)) / has_after.sum((0, 2)).clamp(min=1)
-    s2 = (live * (targets - mu_after) ** 2).sum((0, 2)) / live.sum((0, 2)).clamp(min=1)
-    total = tau2 + s2
-    weight = torch.where(total > 0, tau2 / total.clamp(min=1e-30), 0.0)
-    if not torch.isfinite(weight).all():
-        sys.exit("error: the P3O shrinkage weight is not finite: the critic's predictions are not finite")
-    return weight
-
-
 def change_advantage(rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
     """A_t = sum_k (mu_after[t, k] - mu_t[k]), [T, N] (`--advantage-rule change`): how much step t
     changed the predicted rewards of steps t .. t+H-1, i.e. r_t + sum_{k>=1} mu_{t+1}[k-1] - sum_k mu_t[k]
@@ -532,16 +505,11 @@ if __name__ == "__main__":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            if args.weight_rule == "precision":
-                weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
-            elif args.weight_rule == "shrinkage":
-                weight = shrinkage_weight(kernels, rewards, terminations, truncations, mus, mu_next)
-            else:  # uniform: every k alike, the undiscounted H-step return minus the prediction
-                weight = torch.ones(args.horizon, device=device)
+            weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max"
         )
-        if args.advantage_rule == "change":
+        if args.advantage_rule == "change":  # keeps the kernel's targets and mask for the value loss
             advantages = change_advantage(rewards, terminations, truncations, mus, mu_next)
 
         # Flatten the batch
@@ -582,11 +550,7 @@ if __name__ == "__main__":
                 pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
                 # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
-                error = b_targets[mb_inds] - new_mu
-                if args.value_loss == "mse":  # mu by squared error, every k alike; sigma by the NLL of the error
-                    nll = 0.5 * error**2 + new_log_sigma + 0.5 * error.detach() ** 2 * torch.exp(-2 * new_log_sigma)
-                else:
-                    nll = new_log_sigma + 0.5 * error**2 * torch.exp(-2 * new_log_sigma)
+                nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
                 entropy_loss = entropy.mean()

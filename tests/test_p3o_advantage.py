@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from p3o import change_advantage, chance_level, precision_weight, rollout_sigma2, shrinkage_weight
+from p3o import change_advantage, chance_level, precision_weight, rollout_sigma2
 from p3o_kernel_loader import load_kernels
 from reference import p3o_targets_reference
 
@@ -135,85 +135,6 @@ def test_precision_weight_nan_stops_the_run(shape):
     sigma2.view(-1)[1] = math.nan
     with pytest.raises(SystemExit, match=r"^error: the P3O weight is not finite \(1 NaN or inf"):
         precision_weight(sigma2, torch.tensor(1.0), 0.0)
-
-
-# =============================================================================================
-# shrinkage_weight: tau^2 / (tau^2 + s^2), what step t revealed against what came later
-# =============================================================================================
-def test_shrinkage_weight_by_hand(kernels):
-    # one env, T = 2, H = 2, rewards [0, 1]; mu_0 = [0, 0.5], mu_1 = [0.75, 1], mu_next = [2, 9]
-    # k = 0: mu_after = r_t; deltas 0 - 0 and 1 - 0.75: tau^2 = 0.0625 / 2; s^2 = 0: weight 1
-    # k = 1: mu_after = mu_1[0] = 0.75 (row 0), mu_next[0] = 2 (row 1, past the rollout)
-    #        deltas 0.25, 1: tau^2 = (0.0625 + 1) / 2 = 0.53125
-    #        live: row 0 only (r_1 = 1): s^2 = (1 - 0.75)^2 = 0.0625; weight 0.53125 / 0.59375 = 17/19
-    rewards = torch.tensor([[0.0], [1.0]])
-    zeros = torch.zeros(2, 1)
-    mus = torch.tensor([[[0.0], [0.5]], [[0.75], [1.0]]])
-    mu_next = torch.tensor([[2.0], [9.0]])
-    weight = shrinkage_weight(kernels, rewards, zeros, zeros, mus, mu_next)
-    assert_close(weight, torch.tensor([1.0, 17 / 19]))
-
-
-def test_shrinkage_weight_episode_ends(kernels):
-    # termination at t = 0: mu_after[0, 1] = 0 (known future), so delta = -mu_0[1] = -0.5 and row 0
-    # has no live k = 1 (the reward of step 1 belongs to the next episode); row 1: mu_next[0] - mu_1[1]
-    # = 2 - 1: tau^2 = (0.25 + 1) / 2, no live reward at k = 1 at all: s^2 = 0, weight 1.
-    rewards = torch.tensor([[0.0], [1.0]])
-    mus = torch.tensor([[[0.0], [0.5]], [[0.75], [1.0]]])
-    mu_next = torch.tensor([[2.0], [9.0]])
-    terminated = torch.tensor([[1.0], [0.0]])
-    weight = shrinkage_weight(kernels, rewards, terminated, torch.zeros(2, 1), mus, mu_next)
-    assert_close(weight, torch.tensor([1.0, 1.0]))
-    # truncation at t = 0 instead: row 0's k = 1 is unknown and left out: tau^2 = 1 (row 1 only)
-    truncated = terminated
-    weight = shrinkage_weight(kernels, rewards, torch.zeros(2, 1), truncated, mus, mu_next)
-    assert_close(weight, torch.tensor([1.0, 1.0]))
-    # a predictable zero: every prediction right, every reward 0: weight 0, not 1/0
-    weight = shrinkage_weight(kernels, torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 2, 1), torch.zeros(2, 1))
-    assert_close(weight, torch.zeros(2), **EXACT)
-
-
-def shrinkage_weight_reference(rewards, terminations, truncations, mus, mu_next):
-    """Slow: the docstring of p3o.shrinkage_weight, one (t, k, env) at a time."""
-    targets, _, live = p3o_targets_reference(rewards, terminations, truncations, mu_next)
-    T, H, N = targets.shape
-    r, term, trunc = rewards.tolist(), terminations.tolist(), truncations.tolist()
-    mu, mu_n = mus.double().tolist(), mu_next.double().tolist()
-    weight = []
-    for k in range(H):
-        tau, n_tau, s, n_s = 0.0, 0, 0.0, 0
-        for t in range(T):
-            for env in range(N):
-                if k == 0:
-                    after = r[t][env]
-                elif term[t][env]:
-                    after = 0.0
-                elif trunc[t][env]:
-                    continue  # unknown: the row left out, and it has no live reward at k >= 1
-                elif t + 1 < T:
-                    after = mu[t + 1][k - 1][env]
-                else:
-                    after = mu_n[k - 1][env]
-                tau += (after - mu[t][k][env]) ** 2
-                n_tau += 1
-                if live[t, k, env]:
-                    s += (float(targets[t, k, env]) - after) ** 2
-                    n_s += 1
-        tau, s = tau / max(n_tau, 1), s / max(n_s, 1)
-        weight.append(tau / (tau + s) if tau + s > 0 else 0.0)
-    return torch.tensor(weight, dtype=torch.float64)
-
-
-@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
-def test_shrinkage_weight_random_vs_reference(kernels, seed, T, H, N):
-    g = torch.Generator().manual_seed(seed)
-    rewards = torch.randn(T, N, generator=g)
-    terminations = (torch.rand(T, N, generator=g) < 0.15).float()
-    truncations = (torch.rand(T, N, generator=g) < 0.15).float()
-    mus = torch.randn(T, H, N, generator=g)
-    mu_next = torch.randn(H, N, generator=g)
-    got = shrinkage_weight(kernels, rewards, terminations, truncations, mus, mu_next)
-    assert_close(got.double(), shrinkage_weight_reference(rewards, terminations, truncations, mus, mu_next), rtol=1e-5, atol=1e-6)
 
 
 # =============================================================================================

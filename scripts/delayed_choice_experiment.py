@@ -2,6 +2,7 @@
 
     python scripts/delayed_choice_experiment.py --bonus 0 3 --seeds 1 2 3 --jobs 2 \
         --config "p3o-H32=p3o.py --horizon 32" "ppo-g0.99=ppo_gae.py --gamma 0.99"
+    python scripts/delayed_choice_experiment.py --summary --out results/delayed_choice   # the table
 
 Each (config, bonus, seed) trains once, for --total-timesteps, in its own folder under --out
 (runs/ of that folder holds the TensorBoard events). The score of a run is the fraction of the
@@ -83,7 +84,7 @@ def main():
     parser.add_argument("--total-timesteps", type=int, default=200_000)
     parser.add_argument("--final-fraction", type=float, default=0.1, help="the final share of steps scored")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="results/delayed_choice/runs")
+    parser.add_argument("--out", default="runs/delayed_choice", help="run folders and runs.csv (results/delayed_choice/ keeps a copy of the CSV)")
     parser.add_argument("--summary", action="store_true", help="run nothing: print OUT/runs.csv as a markdown table")
     args = parser.parse_args()
     if args.summary:

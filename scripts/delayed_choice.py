@@ -32,6 +32,9 @@ Registered ids (on import of this module; re-importing is harmless):
     DelayedChoice-v0              defaults (bonus 0); every constructor argument through gym.make kwargs
     DelayedChoice-bonus{i}-v0     i = 0 .. 4: the default delays with the bonus on choice i (delay
                                   1, 3, 10, 30, 100), for the training scripts' --env-id
+    DelayedChoice-malus{i}-v0     the control: choice i pays 0.9 instead (bonus_reward 0.9). A learner
+                                  that credits every delay alike avoids it; one biased towards delay i
+                                  picks it anyway, and the return 0.9 shows it.
 """
 
 from __future__ import annotations
@@ -129,6 +132,10 @@ def variant_id(bonus):
     return f"DelayedChoice-bonus{bonus}-v0"
 
 
+def malus_id(choice):
+    return f"DelayedChoice-malus{choice}-v0"
+
+
 def _register():
     entry = f"{__name__ if __name__ != '__main__' else 'scripts.delayed_choice'}:DelayedChoice"
     if "DelayedChoice-v0" not in gym.registry:
@@ -136,6 +143,8 @@ def _register():
     for bonus in range(len(DEFAULT_DELAYS)):
         if variant_id(bonus) not in gym.registry:
             gym.register(id=variant_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus))
+        if malus_id(bonus) not in gym.registry:
+            gym.register(id=malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9))
 
 
 _register()

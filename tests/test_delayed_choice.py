@@ -107,3 +107,9 @@ def test_step_after_end_and_bad_action():
     env.step(0)
     with pytest.raises(RuntimeError, match="after the episode ended"):
         env.step(0)
+
+
+def test_malus_variant():
+    env = gym.make(dc.malus_id(3)).unwrapped
+    assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == [1.0, 1.0, 1.0, 0.9, 1.0]
+    assert dc.optimal_return(bonus=3, bonus_reward=0.9) == 1.0

@@ -87,10 +87,6 @@ class Args:
     """the sigma[k] the advantage weighs by: `rollout`, the root-mean-square error of mu[k] on this
     rollout's rewards inside the episode (the value the learned sigma converges to, without its lag);
     `learned`, the value head's sigma, as the original P3O (docs/p3o.md)"""
-    advantage_rule: Literal["surprise", "change"] = "surprise"
-    """`surprise`: A_t = sum_k w_t[k] (y_{t+k} - mu_t[k]), the weighted observed surprise; `change`:
-    A_t = sum_k (mu_after[t, k] - mu_t[k]), the change step t made to the critic's predicted next H
-    rewards (weights unused; docs/long_horizons.md)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -350,29 +346,6 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
     return weight
 
 
-def prediction_after_step(rewards, terminations, truncations, mus, mu_next):
-    """(mu_after, has_after), each [T, H, N]: the prediction of r_{t+k} made right after step t.
-    k = 0: r_t itself (the step revealed it). k >= 1: mu_{t+1}[k-1] (mu_next[k-1] after the
-    rollout's last step); 0 after a termination at t (the future is known); unknown after a
-    truncation at t (has_after = 0; termination wins where both flags are set)."""
-    H = mus.shape[1]
-    mu_after = torch.cat([mus[1:], mu_next[None]])[:, : H - 1]  # [T, H-1, N]: mu_{t+1}[k-1], k >= 1
-    mu_after = torch.cat([rewards[:, None, :], mu_after * (1 - terminations[:, None, :])], dim=1)
-    has_after = torch.ones_like(mus)
-    has_after[:, 1:] = 1 - (truncations * (1 - terminations))[:, None, :]
-    return mu_after, has_after
-
-
-def change_advantage(rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
-    """A_t = sum_k (mu_after[t, k] - mu_t[k]), [T, N] (`--advantage-rule change`): how much step t
-    changed the predicted rewards of steps t .. t+H-1, i.e. r_t + sum_{k>=1} mu_{t+1}[k-1] - sum_k mu_t[k]
-    (mu_after: prediction_after_step; after a truncation only k = 0 counts). Every k counts alike:
-    no weight can favour one delay over another. It trusts the critic, which learns every mu[k] from
-    observed rewards (the value loss), not from its own predictions."""
-    mu_after, has_after = prediction_after_step(rewards, terminations, truncations, mus, mu_next)
-    return (has_after * (mu_after - mus)).sum(1)
-
-
 def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
     vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
@@ -509,8 +482,6 @@ if __name__ == "__main__":
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max"
         )
-        if args.advantage_rule == "change":  # keeps the kernel's targets and mask for the value loss
-            advantages = change_advantage(rewards, terminations, truncations, mus, mu_next)
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)

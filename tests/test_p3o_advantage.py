@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from p3o import change_advantage, chance_level, precision_weight, rollout_sigma2
+from p3o import chance_level, precision_weight, rollout_sigma2
 from p3o_kernel_loader import load_kernels
 from reference import p3o_targets_reference
 
@@ -135,78 +135,3 @@ def test_precision_weight_nan_stops_the_run(shape):
     sigma2.view(-1)[1] = math.nan
     with pytest.raises(SystemExit, match=r"^error: the P3O weight is not finite \(1 NaN or inf"):
         precision_weight(sigma2, torch.tensor(1.0), 0.0)
-
-
-# =============================================================================================
-# change_advantage: A_t = sum_k (mu_after[t, k] - mu_t[k])
-# =============================================================================================
-@pytest.mark.parametrize(
-    "terminations, truncations, expected",
-    [
-        # A_0 = (r_0 - mu_0[0]) + (mu_1[0] - mu_0[1]) = 0 + 0.25; A_1 = (1 - 0.75) + (mu_next[0] - mu_1[1]) = 1.25
-        ((0, 0), (0, 0), [0.25, 1.25]),
-        # termination at t = 0: the predicted future becomes 0: A_0 = 0 + (0 - 0.5)
-        ((1, 0), (0, 0), [-0.5, 1.25]),
-        # truncation at t = 0: the future is unknown, only k = 0 counts: A_0 = 0
-        ((0, 0), (1, 0), [0.0, 1.25]),
-        # both flags: termination wins
-        ((1, 0), (1, 0), [-0.5, 1.25]),
-        # termination at the last step: mu_next (the next episode's) is not used: A_1 = 0.25 + (0 - 1)
-        ((0, 1), (0, 0), [0.25, -0.75]),
-    ],
-)
-def test_change_advantage_by_hand(terminations, truncations, expected):
-    rewards = torch.tensor([[0.0], [1.0]])
-    mus = torch.tensor([[[0.0], [0.5]], [[0.75], [1.0]]])
-    mu_next = torch.tensor([[2.0], [9.0]])
-    flags = lambda v: torch.tensor(v, dtype=torch.float32).reshape(2, 1)  # noqa: E731
-    got = change_advantage(rewards, flags(terminations), flags(truncations), mus, mu_next)
-    assert_close(got, torch.tensor(expected).reshape(2, 1), **EXACT)
-
-
-def change_advantage_reference(rewards, terminations, truncations, mus, mu_next):
-    """Slow: r_t - mu_t[0] plus, unless step t ended the episode by truncation,
-    sum_{k>=1} (prediction of r_{t+k} after step t) - mu_t[k]."""
-    T, H, N = mus.shape
-    r, term, trunc = rewards.tolist(), terminations.tolist(), truncations.tolist()
-    mu, mu_n = mus.double().tolist(), mu_next.double().tolist()
-    out = torch.zeros(T, N, dtype=torch.float64)
-    for t in range(T):
-        for env in range(N):
-            total = r[t][env] - mu[t][0][env]
-            for k in range(1, H):
-                if term[t][env]:
-                    after = 0.0
-                elif trunc[t][env]:
-                    break
-                else:
-                    after = mu[t + 1][k - 1][env] if t + 1 < T else mu_n[k - 1][env]
-                total += after - mu[t][k][env]
-            out[t, env] = total
-    return out
-
-
-@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
-def test_change_advantage_random_vs_reference(seed, T, H, N):
-    g = torch.Generator().manual_seed(seed)
-    rewards = torch.randn(T, N, generator=g)
-    terminations = (torch.rand(T, N, generator=g) < 0.15).float()
-    truncations = (torch.rand(T, N, generator=g) < 0.15).float()
-    mus = torch.randn(T, H, N, generator=g)
-    mu_next = torch.randn(H, N, generator=g)
-    got = change_advantage(rewards, terminations, truncations, mus, mu_next)
-    assert_close(got.double(), change_advantage_reference(rewards, terminations, truncations, mus, mu_next), rtol=1e-5, atol=1e-5)
-
-
-def test_change_rule_trains_end_to_end(tmp_path):
-    # p3o.py with --advantage-rule change: a few updates on CartPole, no error, the usual logs
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    flags = ["--env-id", "CartPole-v1", "--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--device", "cpu"]
-    result = subprocess.run([sys.executable, str(root / "p3o.py"), *flags, "--advantage-rule", "change"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "step        128/128" in result.stdout

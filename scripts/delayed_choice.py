@@ -22,6 +22,8 @@ the task and visible in the observation). A choice whose delay is episode_length
 Observation: float32, shape (1 + len(delays),), Markov:
     [0]      steps remaining / episode_length (1 after reset, 0 in the terminal observation)
     [1 + i]  1 if choice i was made (all 0 before the choice)
+With clock=True, episode_length + 1 more entries follow: a one-hot of the step count t (0 after
+reset, episode_length in the terminal observation), a clock a small network can read step by step.
 Deterministic: seeding is accepted and changes nothing.
 
 Returns: the return of an episode is the reward of its choice if that choice is paid (delay below
@@ -32,6 +34,7 @@ Registered ids (on import of this module; re-importing is harmless):
     DelayedChoice-v0              defaults (bonus 0); every constructor argument through gym.make kwargs
     DelayedChoice-bonus{i}-v0     i = 0 .. 4: the default delays with the bonus on choice i (delay
                                   1, 3, 10, 30, 100), for the training scripts' --env-id
+    DelayedChoice-clock-bonus{i}-v0   the same with clock=True
     DelayedChoice-malus{i}-v0     the control: choice i pays 0.9 instead (bonus_reward 0.9). A learner
                                   that credits every delay alike avoids it; one biased towards delay i
                                   picks it anyway, and the return 0.9 shows it.
@@ -84,7 +87,7 @@ class DelayedChoice(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, delays=DEFAULT_DELAYS, bonus=0, bonus_reward=DEFAULT_BONUS_REWARD, episode_length=None,
-                 render_mode=None):
+                 clock=False, render_mode=None):
         if render_mode is not None:
             raise ValueError(f"DelayedChoice: no render modes, got render_mode={render_mode!r}")
         self.delays, self.bonus, self.bonus_reward, self.episode_length = resolve_params(
@@ -92,17 +95,22 @@ class DelayedChoice(gym.Env):
         )
         self.render_mode = None
         n = len(self.delays)
-        self.observation_space = spaces.Box(0.0, 1.0, shape=(1 + n,), dtype=np.float32)
+        self.clock = bool(clock)
+        size = 1 + n + (self.episode_length + 1 if self.clock else 0)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(size,), dtype=np.float32)
         self.action_space = spaces.Discrete(n)
         self._choice = None
         self._t = 0
         self._done = True
 
     def _observation(self):
-        obs = np.zeros(1 + len(self.delays), dtype=np.float32)
+        n = len(self.delays)
+        obs = np.zeros(self.observation_space.shape, dtype=np.float32)
         obs[0] = (self.episode_length - self._t) / self.episode_length
         if self._choice is not None:
             obs[1 + self._choice] = 1.0
+        if self.clock:
+            obs[1 + n + self._t] = 1.0
         return obs
 
     def reset(self, *, seed=None, options=None):
@@ -132,6 +140,10 @@ def variant_id(bonus):
     return f"DelayedChoice-bonus{bonus}-v0"
 
 
+def clock_id(bonus):
+    return f"DelayedChoice-clock-bonus{bonus}-v0"
+
+
 def malus_id(choice):
     return f"DelayedChoice-malus{choice}-v0"
 
@@ -143,6 +155,8 @@ def _register():
     for bonus in range(len(DEFAULT_DELAYS)):
         if variant_id(bonus) not in gym.registry:
             gym.register(id=variant_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus))
+        if clock_id(bonus) not in gym.registry:
+            gym.register(id=clock_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, clock=True))
         if malus_id(bonus) not in gym.registry:
             gym.register(id=malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from scripts.delayed_choice import DEFAULT_BONUS_REWARD, DEFAULT_DELAYS, variant_id  # noqa: E402
+from scripts.delayed_choice import DEFAULT_BONUS_REWARD, DEFAULT_DELAYS, clock_id, variant_id  # noqa: E402
 
 FIELDS = ["config", "bonus", "bonus_delay", "seed", "total_timesteps", "final_episodes", "bonus_fraction", "command"]
 
@@ -40,8 +40,9 @@ def episode_returns(run_dir):
 def run_one(config, script_args, bonus, seed, args):
     folder = Path(args.out) / f"{config}__bonus{bonus}__{seed}"
     folder.mkdir(parents=True, exist_ok=True)
+    env_id = (clock_id if args.clock else variant_id)(bonus)
     command = [sys.executable, str(ROOT / script_args[0]), *script_args[1:],
-               "--env-id", f"scripts.delayed_choice:{variant_id(bonus)}", "--seed", str(seed),
+               "--env-id", f"scripts.delayed_choice:{env_id}", "--seed", str(seed),
                "--total-timesteps", str(args.total_timesteps), "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     shutil.rmtree(folder / "runs", ignore_errors=True)  # an interrupted earlier try
@@ -54,7 +55,7 @@ def run_one(config, script_args, bonus, seed, args):
     print(f"{config} bonus{bonus} seed {seed}: {fraction:.2f} of {len(final)} final episodes", flush=True)
     return dict(config=config, bonus=bonus, bonus_delay=DEFAULT_DELAYS[bonus], seed=seed,
                 total_timesteps=args.total_timesteps, final_episodes=len(final), bonus_fraction=round(fraction, 4),
-                command=shlex.join(["python", *script_args, "--env-id", f"scripts.delayed_choice:{variant_id(bonus)}",
+                command=shlex.join(["python", *script_args, "--env-id", f"scripts.delayed_choice:{env_id}",
                                     "--seed", str(seed), "--total-timesteps", str(args.total_timesteps)]))
 
 
@@ -81,6 +82,7 @@ def main():
     parser.add_argument("--config", nargs="+", default=[], help='"LABEL=script.py --flag value ..."')
     parser.add_argument("--bonus", nargs="+", type=int, default=[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--clock", action="store_true", help="the DelayedChoice-clock-bonus{i}-v0 variants")
     parser.add_argument("--total-timesteps", type=int, default=200_000)
     parser.add_argument("--final-fraction", type=float, default=0.1, help="the final share of steps scored")
     parser.add_argument("--jobs", type=int, default=2)

@@ -113,3 +113,13 @@ def test_malus_variant():
     env = gym.make(dc.malus_id(3)).unwrapped
     assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == [1.0, 1.0, 1.0, 0.9, 1.0]
     assert dc.optimal_return(bonus=3, bonus_reward=0.9) == 1.0
+
+
+def test_clock_variant():
+    env = gym.make(dc.clock_id(0)).unwrapped
+    obs, _ = env.reset()
+    assert obs.shape == (6 + 102,) and obs[6] == 1.0 and obs[6:].sum() == 1.0
+    for t in range(1, 101):
+        obs, *_ = env.step(0)
+        assert obs[6 + t] == 1.0 and obs[6:].sum() == 1.0
+    assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == dc.choice_rewards(bonus=0)

@@ -6,7 +6,7 @@
 
 The critic predicts each of the next H rewards as a Gaussian (mean mu[k], std sigma[k]), trained by
 Gaussian negative log-likelihood. The advantage weighs each future step's surprise by how precisely
-its reward is predicted (above c times chance): no gamma, no lambda (the README has the equations).
+its reward is predicted (above c times chance): no gamma, no lambda (docs/p3o.md has the equations).
 The file reads top to bottom: arguments, environment, agent, then the training loop
 (rollout, advantage, update, logging). It is ppo_gae.py with the algorithm changed;
 `diff ppo_gae.py p3o.py` shows exactly what P3O changes.
@@ -110,7 +110,7 @@ class Args:
     advantage_sigma: Literal["rollout", "learned"] = "rollout"
     """the sigma[k] the advantage weighs by: `rollout`, the root-mean-square error of mu[k] on this
     rollout's rewards inside the episode (the value the learned sigma converges to, without its lag);
-    `learned`, the value head's sigma as P3O.md writes it"""
+    `learned`, the value head's sigma, as the original P3O (docs/p3o.md)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -351,6 +351,7 @@ class Agent(nn.Module):
             hidden = 64
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, horizon), std=1)  # mu[k]: predicted r_{t+k}
+        self.state_sigma = state_sigma
         if state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, horizon), std=0.01)
         else:
@@ -365,28 +366,64 @@ class Agent(nn.Module):
         hidden = self.network(x)
         return hidden, hidden
 
-    def value_head(self, hidden):
-        """(mu, log_sigma), each [batch, H]: the Gaussian prediction of each of the next H rewards."""
-        mu = self.critic(hidden)
-        if hasattr(self, "critic_log_sigma"):
-            return mu, self.critic_log_sigma(hidden)
-        return mu, self.log_sigma.expand_as(mu)
+    def log_sigma_head(self, critic_hidden):
+        """log sigma[k], [batch, H]: the spread of each prediction, per state or shared by all states."""
+        if self.state_sigma:
+            return self.critic_log_sigma(critic_hidden)
+        return self.log_sigma.expand(critic_hidden.shape[0], -1)
 
     def get_value(self, x):
-        return self.value_head(self.features(x)[1])
+        """mu, [batch, H]: the predicted next H rewards."""
+        return self.critic(self.features(x)[1])
 
     def get_action_and_value(self, x, action=None):
+        """action, log-probability, entropy, and the critic's Gaussian: mu and log_sigma, each [batch, H]."""
         hidden, critic_hidden = self.features(x)
         probs = Categorical(logits=self.actor(hidden))
         if action is None:
             action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), self.value_head(critic_hidden)
+        mu = self.critic(critic_hidden)
+        return action, probs.log_prob(action), probs.entropy(), mu, self.log_sigma_head(critic_hidden)
 
 
 def explained_variance(y_pred: torch.Tensor, y_true: torch.Tensor) -> float:
     """1 - Var(y_true - y_pred) / Var(y_true): 1 is a perfect prediction, 0 no better than the mean."""
     var_y = torch.var(y_true).item()
     return np.nan if var_y == 0 else 1 - torch.var(y_true - y_pred).item() / var_y
+
+
+# ---------------------------------------------------------------------------------------------
+# P3O's weights (docs/p3o.md): how much each future step k counts in the advantage. The kernel
+# normalizes them per row (w_t[k] = weight[k] / norm_t) and sums w_t[k] * (y_{t+k} - mu_t[k]).
+# ---------------------------------------------------------------------------------------------
+def chance_level(rewards: torch.Tensor) -> torch.Tensor:
+    """sigma_r^2: the population variance of the batch's one-step rewards, i.e. the mean squared
+    error of predicting every reward by their mean (what a critic at chance scores)."""
+    return rewards.var(correction=0)
+
+
+def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
+    """sigma[k]^2, [H]: the mean of (r_{t+k} - mu_t[k])^2 over the rollout's live rewards, those
+    inside the rollout and inside t's episode (not the zeros after a termination, nothing after a
+    truncation or past the rollout's end). It is the value the value loss's sigma[k] converges to,
+    without a learned sigma's lag. inf where k has no live reward (its weight is then 0).
+    rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
+    targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+    live_count = live.sum((0, 2))
+    squared_error = (live * (targets - mus) ** 2).sum((0, 2))
+    return torch.where(live_count > 0, squared_error / live_count.clamp(min=1), torch.inf)
+
+
+def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: float) -> torch.Tensor:
+    """weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2), any shape: the precision above c times chance.
+    sigma_r^2 = 0 drops the chance term; sigma^2 = inf (unmeasured) gives 0; sigma^2 is floored at
+    1e-12. A non-finite result (from a NaN sigma^2: the critic diverged) stops the run."""
+    chance = chance_coef / sigma_r2 if sigma_r2 > 0 else 0.0
+    weight = (1 / sigma2.clamp(min=1e-12) - chance).clamp(min=0)
+    if not torch.isfinite(weight).all():
+        sys.exit(f"error: the P3O weight is not finite ({int((~torch.isfinite(weight)).sum())} NaN or inf "
+                 f"of {weight.numel()}): sigma[k]^2 has NaN, so the critic's predictions are not finite")
+    return weight
 
 
 def make_envs(args: Args):
@@ -532,7 +569,7 @@ def evaluate(args: Args, device: torch.device) -> None:
     next_obs, _ = envs.reset(seed=args.seed)
     while any(len(env_scores) < games for env_scores, games in zip(scores, games_per_env)):
         with torch.no_grad():
-            action, _, _, _ = agent.get_action_and_value(torch.as_tensor(next_obs, device=device))
+            action, _, _, _, _ = agent.get_action_and_value(torch.as_tensor(next_obs, device=device))
         next_obs, _, _, _, infos = envs.step(action.cpu().numpy())
         final = infos.get("final_info", {})
         for i in np.flatnonzero(final.get("_episode", [])):
@@ -644,7 +681,7 @@ if __name__ == "__main__":
             global_step += args.num_envs
             obs[step] = next_obs
             with torch.no_grad():
-                action, logprob, _, (mu, log_sigma) = agent.get_action_and_value(next_obs)
+                action, logprob, _, mu, log_sigma = agent.get_action_and_value(next_obs)
                 mus[step] = mu.T
                 log_sigmas[step] = log_sigma.T
             actions[step] = action
@@ -661,24 +698,18 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_return", score, global_step)
                 writer.add_scalar("charts/episodic_length", length, global_step)
 
-        # Advantage: P3O, computed by the kernel in p3o_kernel.cu
-        #   lambda[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2),   A_t = sum_k w_t[k] (y_{t+k} - mu_t[k])
+        # Advantage: P3O, computed by the kernel in p3o_kernel.cu (docs/p3o.md)
+        #   weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2),   A_t = sum_k w_t[k] (y_{t+k} - mu_t[k])
         with torch.no_grad():
-            mu_next = agent.get_value(next_obs)[0].T.contiguous()  # [H, N]: predictions after the rollout
-            sigma_r2 = rewards.var()  # chance level: the variance of the one-step rewards
-            chance = args.chance_coef / sigma_r2 if sigma_r2 > 0 else 0.0
+            mu_next = agent.get_value(next_obs).T.contiguous()  # [H, N]: predictions after the rollout
+            sigma_r2 = chance_level(rewards)
             if args.advantage_sigma == "rollout":
-                # sigma[k]^2 = mean of (r_{t+k} - mu_t[k])^2 over the rollout's live rewards (inside t's
-                # episode): the maximum-likelihood sigma, without a learned one's lag. inf where k has none.
-                rollout_targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
-                live_count = live.sum((0, 2))
-                squared_error = (live * (rollout_targets - mus) ** 2).sum((0, 2))
-                sigma2 = torch.where(live_count > 0, squared_error / live_count.clamp(min=1), torch.inf)
+                sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            precision = (1 / sigma2.clamp(min=1e-12) - chance).clamp(min=0).contiguous()  # lambda[k]
+            weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
         advantages, targets, known = kernels.p3o_advantage(
-            rewards, terminations, truncations, mus, mu_next, precision, args.normalization == "max"
+            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max"
         )
 
         # Flatten the batch
@@ -699,7 +730,7 @@ if __name__ == "__main__":
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                _, newlogprob, entropy, new_mu, new_log_sigma = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
 
@@ -719,7 +750,6 @@ if __name__ == "__main__":
                 pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
                 # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
-                new_mu, new_log_sigma = newvalue
                 nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
@@ -736,7 +766,7 @@ if __name__ == "__main__":
                 break
 
         explained_var_mu0 = explained_variance(b_mus[:, 0], b_targets[:, 0])  # mu_t[0] against r_t
-        explained_var = explained_variance(b_mus.sum(1), b_targets.sum(1))  # against the H-step return
+        explained_var = explained_variance(b_mus.sum(1), b_targets.sum(1))  # sum_k mu[k] against the H-step return
 
         losses = torch.stack(update_losses)  # [minibatches, 4]
         check_finite(iteration, advantage=advantages, policy_loss=losses[:, 0], value_loss=losses[:, 1],
@@ -755,17 +785,16 @@ if __name__ == "__main__":
         writer.add_scalar("charts/SPS", sps, global_step)
         # P3O diagnostics: where sigma[k] crosses sigma_r is the horizon the advantage credits
         sigma = sigma2.sqrt() if sigma2.dim() == 1 else sigma2.sqrt().mean((0, 2))  # [H], inf: unmeasured
-        lam = precision.mean((0, 2)) if args.state_sigma else precision
-        weights = lam / (lam.max() if args.normalization == "max" else lam.sum()).clamp(min=1e-12)
+        weight_k = weight if weight.dim() == 1 else weight.mean((0, 2))  # [H]
+        w = weight_k / (weight_k.max() if args.normalization == "max" else weight_k.sum()).clamp(min=1e-12)
         ks = torch.arange(args.horizon, dtype=torch.float32, device=device)
         writer.add_scalar("p3o/sigma_r", sigma_r2.sqrt().item(), global_step)
-        writer.add_scalar("p3o/effective_horizon", ((ks * weights).sum() / weights.sum().clamp(min=1e-12)).item(), global_step)
-        writer.add_scalar("p3o/credited_steps", (lam > 0).sum().item(), global_step)
+        writer.add_scalar("p3o/effective_horizon", ((ks * w).sum() / w.sum().clamp(min=1e-12)).item(), global_step)
+        writer.add_scalar("p3o/credited_steps", (weight_k > 0).sum().item(), global_step)
         writer.add_scalar("p3o/explained_variance_mu0", explained_var_mu0, global_step)
-        writer.add_scalar("p3o/explained_variance_sum", explained_var, global_step)
         for k in sorted({0, args.horizon - 1} | {2**i for i in range(args.horizon.bit_length()) if 2**i < args.horizon}):
             writer.add_scalar(f"p3o/sigma/k{k:03d}", sigma[k].item(), global_step)
-            writer.add_scalar(f"p3o/weight/k{k:03d}", weights[k].item(), global_step)
+            writer.add_scalar(f"p3o/weight/k{k:03d}", w[k].item(), global_step)
         if sys.stdout.isatty() or iteration % 10 == 0 or iteration == args.num_iterations:
             score = f"{np.mean(recent_scores):8.1f}" if recent_scores else "     n/a"
             last = iteration == args.num_iterations or not sys.stdout.isatty()

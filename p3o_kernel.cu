@@ -60,16 +60,17 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 //           = 0                       after a termination                     (known)
 //           = mu_next[t+k-T]          past the rollout's end (bootstrap)      (not known)
 //   the row stops after a truncation: later k are neither known nor used.
-//   A_t = sum_k lambda[k] * (y_{t+k} - mu_t[k]) / norm_t,
-//   norm_t = sum (or max) of lambda[k] over the row's usable k; A_t = 0 where norm_t = 0.
-// precision holds lambda: one value per k ([H]) or one per (t, k, env) ([T, H, N]).
-// With precision == nullptr the row writes only targets, known and live (p3o_targets).
+//   A_t = sum_k weight[k] * (y_{t+k} - mu_t[k]) / norm_t,
+//   norm_t = sum (or max) of weight[k] over the row's usable k; A_t = 0 where norm_t = 0.
+// weight is the unnormalized P3O weight (docs/p3o.md): one value per k ([H]) or one per
+// (t, k, env) ([T, H, N]); the bindings check that it is finite and >= 0.
+// With weight == nullptr the row writes only targets, known and live (p3o_targets).
 // ---------------------------------------------------------------------------------------------
 HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
-                                bool per_state_precision, bool normalize_max,
+                                bool per_state_weight, bool normalize_max,
                                 const float* rewards, const float* terminations,
                                 const float* truncations, const float* mu,
-                                const float* mu_next, const float* precision,
+                                const float* mu_next, const float* weight,
                                 float* advantages, float* targets, float* known, float* live) {
     float weighted_error = 0.0f;
     float norm = 0.0f;
@@ -101,13 +102,13 @@ HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
         targets[o] = y;
         known[o] = is_known;
         if (live) live[o] = is_live;
-        if (precision) {
-            const float lambda_k = per_state_precision ? precision[o] : precision[k];
-            weighted_error += lambda_k * (y - mu[o]);
-            norm = normalize_max ? fmaxf(norm, lambda_k) : norm + lambda_k;
+        if (weight) {
+            const float weight_k = per_state_weight ? weight[o] : weight[k];
+            weighted_error += weight_k * (y - mu[o]);
+            norm = normalize_max ? fmaxf(norm, weight_k) : norm + weight_k;
         }
     }
-    if (precision) advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
+    if (weight) advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
 }
 
 #ifdef __CUDACC__
@@ -121,15 +122,15 @@ __global__ void gae_kernel(int T, int N, float gamma, float lam, const float* re
                 final_values, advantages);
 }
 
-__global__ void p3o_kernel(int T, int N, int H, bool per_state_precision, bool normalize_max,
+__global__ void p3o_kernel(int T, int N, int H, bool per_state_weight, bool normalize_max,
                            const float* rewards, const float* terminations,
                            const float* truncations, const float* mu, const float* mu_next,
-                           const float* precision, float* advantages, float* targets,
+                           const float* weight, float* advantages, float* targets,
                            float* known, float* live) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // = t * N + env
     if (idx < T * N)
-        p3o_row(idx / N, idx % N, T, N, H, per_state_precision, normalize_max, rewards,
-                terminations, truncations, mu, mu_next, precision, advantages, targets, known,
+        p3o_row(idx / N, idx % N, T, N, H, per_state_weight, normalize_max, rewards,
+                terminations, truncations, mu, mu_next, weight, advantages, targets, known,
                 live);
 }
 #endif
@@ -195,6 +196,13 @@ torch::Tensor gae(torch::Tensor rewards, torch::Tensor values, torch::Tensor ter
     return advantages;
 }
 
+// An empty rollout, horizon or env count leaves nothing to compute and would return tensors
+// never written (torch::empty): refuse it.
+static void check_sizes(int T, int H, int N, const char* what, const std::string& shape) {
+    TORCH_CHECK(T > 0 && H > 0 && N > 0, "T (steps), H (horizon) and N (envs) must each be at least 1; ",
+                what, " is ", shape);
+}
+
 // The inputs both P3O bindings read: rewards and flags [T, N], bootstrap predictions [H, N].
 static void check_row_inputs(const torch::Tensor& rewards, const torch::Tensor& terminations,
                              const torch::Tensor& truncations, const torch::Tensor& mu_next,
@@ -206,11 +214,11 @@ static void check_row_inputs(const torch::Tensor& rewards, const torch::Tensor& 
 }
 
 // Runs p3o_row for every (t, env): the CUDA kernel for CUDA tensors, else the host loop.
-// Optional arrays are nullptr: precision and advantages (targets only), live (not wanted).
+// Optional arrays are nullptr: weight and advantages (targets only), live (not wanted).
 static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, int H,
                      bool per_state, bool normalize_max, const float* rewards,
                      const float* terminations, const float* truncations, const float* mu,
-                     const float* mu_next, const float* precision, float* advantages,
+                     const float* mu_next, const float* weight, float* advantages,
                      float* targets, float* known, float* live) {
 #ifdef __CUDACC__
     if (on_cuda) {
@@ -219,7 +227,7 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
         p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
                      c10::cuda::getCurrentCUDAStream()>>>(
             T, N, H, per_state, normalize_max, rewards, terminations, truncations, mu, mu_next,
-            precision, advantages, targets, known, live);
+            weight, advantages, targets, known, live);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
     }
@@ -227,28 +235,35 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
     at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
         for (int64_t idx = begin; idx < end; ++idx)
             p3o_row(idx / N, idx % N, T, N, H, per_state, normalize_max, rewards, terminations,
-                    truncations, mu, mu_next, precision, advantages, targets, known, live);
+                    truncations, mu, mu_next, weight, advantages, targets, known, live);
     });
 }
 
 std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor terminations,
                                          torch::Tensor truncations, torch::Tensor mu,
-                                         torch::Tensor mu_next, torch::Tensor precision,
+                                         torch::Tensor mu_next, torch::Tensor weight,
                                          bool normalize_max) {
     TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", shape_str(mu.sizes()));
     const int T = mu.size(0), H = mu.size(1), N = mu.size(2);
+    check_sizes(T, H, N, "mu [T, H, N]", shape_str(mu.sizes()));
     const auto device = mu.device();
     check_row_inputs(rewards, terminations, truncations, mu_next, T, N, H, device);
     check_tensor(mu, "mu", {T, H, N}, device);
-    const bool per_state = precision.dim() == 3;
-    check_tensor(precision, "precision", per_state ? at::IntArrayRef({T, H, N}) : at::IntArrayRef({H}),
+    const bool per_state = weight.dim() == 3;
+    check_tensor(weight, "weight", per_state ? at::IntArrayRef({T, H, N}) : at::IntArrayRef({H}),
                  device);
+    // A NaN would make a row's norm NaN (sum: advantage 0 by the norm > 0 test; max: NaN), an
+    // inf would give inf / inf: either way a silently wrong advantage, so refuse it here.
+    TORCH_CHECK((weight >= 0).logical_and(weight.isfinite()).all().item<bool>(),
+                "weight must be finite and >= 0 everywhere, got min ",
+                std::to_string(weight.min().item<float>()), ", max ",
+                std::to_string(weight.max().item<float>()));
     auto advantages = torch::empty_like(rewards);
     auto targets = torch::empty_like(mu);
     auto known = torch::empty_like(mu);
     p3o_rows(mu.is_cuda(), device, T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
              terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
-             mu_next.data_ptr<float>(), precision.data_ptr<float>(), advantages.data_ptr<float>(),
+             mu_next.data_ptr<float>(), weight.data_ptr<float>(), advantages.data_ptr<float>(),
              targets.data_ptr<float>(), known.data_ptr<float>(), nullptr);
     return {advantages, targets, known};
 }
@@ -260,6 +275,8 @@ std::vector<torch::Tensor> p3o_targets(torch::Tensor rewards, torch::Tensor term
     TORCH_CHECK(rewards.dim() == 2, "rewards must be [T, N], got ", shape_str(rewards.sizes()));
     TORCH_CHECK(mu_next.dim() == 2, "mu_next must be [H, N], got ", shape_str(mu_next.sizes()));
     const int T = rewards.size(0), N = rewards.size(1), H = mu_next.size(0);
+    check_sizes(T, H, N, "rewards [T, N] and mu_next [H, N]",
+                shape_str(rewards.sizes()) + " and " + shape_str(mu_next.sizes()));
     const auto device = rewards.device();
     check_row_inputs(rewards, terminations, truncations, mu_next, T, N, H, device);
     auto targets = torch::empty({T, H, N}, rewards.options());
@@ -279,7 +296,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("p3o_advantage", &p3o_advantage,
           "P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu"),
-          py::arg("mu_next"), py::arg("precision"), py::arg("normalize_max"));
+          py::arg("mu_next"), py::arg("weight"), py::arg("normalize_max"));
     m.def("p3o_targets", &p3o_targets,
           "P3O value targets, known-target mask and live-reward mask, each [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu_next"));

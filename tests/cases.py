@@ -43,18 +43,18 @@ def random_gae_inputs(seed, T, N, device="cpu"):
 
 
 def random_p3o_inputs(seed, T, H, N, per_state, device="cpu"):
-    """Random rewards/mu/mu_next, ~15% terminations, ~10% truncations, positive precisions with
-    about a quarter of them exactly 0 (weights below chance level)."""
+    """Random rewards/mu/mu_next, ~15% terminations, ~10% truncations, positive weights with
+    about a quarter of them exactly 0 (steps below chance level)."""
     g = torch.Generator().manual_seed(seed)
-    precision_shape = (T, H, N) if per_state else (H,)
-    precision = torch.rand(precision_shape, generator=g) * 4.0
-    precision = precision * (torch.rand(precision_shape, generator=g) > 0.25).float()
+    weight_shape = (T, H, N) if per_state else (H,)
+    weight = torch.rand(weight_shape, generator=g) * 4.0
+    weight = weight * (torch.rand(weight_shape, generator=g) > 0.25).float()
     inputs = dict(
         rewards=torch.randn(T, N, generator=g),
         terminations=_flags(g, (T, N), 0.15),
         truncations=_flags(g, (T, N), 0.10),
         mu=torch.randn(T, H, N, generator=g),
         mu_next=torch.randn(H, N, generator=g),
-        precision=precision,
+        weight=weight,
     )
     return {k: v.to(device) for k, v in inputs.items()}

@@ -65,7 +65,7 @@ def gae_reference(rewards, values, terminations, truncations, next_value, final_
     return advantages
 
 
-def p3o_reference(rewards, terminations, truncations, mu, mu_next, precision, normalize):
+def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, normalize):
     """P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N].
 
     For each row (t, env) and k = 0 .. H-1, with j = t + k (the step mu[t, k, env] predicts):
@@ -77,28 +77,28 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, precision, no
       - else j < T:                                     y = rewards[j],      known = 1, usable
       - else (past the rollout's end):                  y = mu_next[j - T],  known = 0, usable
         (bootstrap from the prediction made at the observation that follows the rollout)
-    lambda_k = precision[k] (precision [H]) or precision[t, k, env] (precision [T, H, N]).
-        A[t, env] = sum over usable k of lambda_k * (y - mu[t, k, env]) / norm,
-        norm = sum (normalize='sum') or max (normalize='max') of lambda_k over usable k,
+    weight_k = weight[k] (weight [H]) or weight[t, k, env] (weight [T, H, N]).
+        A[t, env] = sum over usable k of weight_k * (y - mu[t, k, env]) / norm,
+        norm = sum (normalize='sum') or max (normalize='max') of weight_k over usable k,
         A = 0 where norm == 0.
 
     rewards, terminations, truncations: [T, N]; mu: [T, H, N]; mu_next: [H, N];
-    precision: [H] or [T, H, N]. Returns float64 tensors.
+    weight: [H] or [T, H, N]. Returns float64 tensors.
     (Inputs are turned into nested Python lists first, only so that the loops run fast enough.)
     """
     if normalize not in ("sum", "max"):
         raise ValueError(f"normalize must be 'sum' or 'max', got {normalize!r}")
     T, H, N = _f64(mu).shape
-    per_state = _f64(precision).dim() == 3
+    per_state = _f64(weight).dim() == 3
     rewards, terminations, truncations = (_f64(x).tolist() for x in (rewards, terminations, truncations))
-    mu, mu_next, precision = (_f64(x).tolist() for x in (mu, mu_next, precision))
+    mu, mu_next, weight = (_f64(x).tolist() for x in (mu, mu_next, weight))
 
     advantages = torch.zeros(T, N, dtype=torch.float64)
     targets = torch.zeros(T, H, N, dtype=torch.float64)
     known = torch.zeros(T, H, N, dtype=torch.float64)
     for env in range(N):
         for t in range(T):
-            usable_lambdas = []
+            usable_weights = []
             weighted_error = 0.0
             for k in range(H):
                 j = t + k
@@ -122,15 +122,15 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, precision, no
                     y, is_known = rewards[j][env], 1.0
                 else:
                     y, is_known = mu_next[j - T][env], 0.0
-                lam_k = precision[t][k][env] if per_state else precision[k]
-                weighted_error += lam_k * (y - mu[t][k][env])
-                usable_lambdas.append(lam_k)
+                weight_k = weight[t][k][env] if per_state else weight[k]
+                weighted_error += weight_k * (y - mu[t][k][env])
+                usable_weights.append(weight_k)
                 targets[t, k, env] = y
                 known[t, k, env] = is_known
             if normalize == "sum":
-                norm = sum(usable_lambdas)
+                norm = sum(usable_weights)
             else:
-                norm = max(usable_lambdas, default=0.0)
+                norm = max(usable_weights, default=0.0)
             advantages[t, env] = weighted_error / norm if norm > 0 else 0.0
     return advantages, targets, known
 
@@ -157,22 +157,3 @@ def p3o_targets_reference(rewards, terminations, truncations, mu_next):
                 ended = any(terminations[i][env] != 0 or truncations[i][env] != 0 for i in range(t, min(j, T)))
                 live[t, k, env] = 1.0 if j < T and not ended else 0.0
     return targets, known, live
-
-
-def precision_weights(sigma, sigma_r, c):
-    """P3O weights lambda = max(0, 1 / sigma^2 - c / sigma_r^2), elementwise.
-
-    sigma: the learned standard deviations, any shape ([H] or [T, H, N]); a tensor or a number.
-    sigma_r: the chance-level standard deviation (std of the batch's one-step rewards), a number
-        or a 0-d tensor. If sigma_r == 0 the chance term is dropped: lambda = 1 / sigma^2.
-    c: the chance coefficient, in [0, 1].
-    Computed in float64; returned in sigma's dtype if it is a floating tensor, else float64.
-    """
-    sigma_t = sigma if isinstance(sigma, torch.Tensor) else torch.as_tensor(sigma, dtype=torch.float64)
-    out_dtype = sigma_t.dtype if sigma_t.is_floating_point() else torch.float64
-    s = sigma_t.to(torch.float64)
-    sigma_r = float(sigma_r)
-    precision = 1.0 / s**2
-    if sigma_r != 0.0:
-        precision = precision - c / sigma_r**2
-    return torch.clamp(precision, min=0.0).to(out_dtype)

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from cases import GAE_CASES, P3O_CASES, random_gae_inputs, random_p3o_inputs
 from p3o_kernel_loader import load_kernels
-from reference import gae_reference, p3o_reference, p3o_targets_reference, precision_weights
+from reference import gae_reference, p3o_reference, p3o_targets_reference
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 EXACT = dict(rtol=0.0, atol=0.0)
@@ -31,9 +31,9 @@ def gae(kernels, rewards, values, terminations, truncations, next_value, final_v
     return kernels.gae(rewards, values, terminations, truncations, next_value, final_values, gamma, lam)
 
 
-def p3o(kernels, rewards, terminations, truncations, mu, mu_next, precision, normalize):
+def p3o(kernels, rewards, terminations, truncations, mu, mu_next, weight, normalize):
     return kernels.p3o_advantage(
-        rewards, terminations, truncations, mu, mu_next, precision, normalize == "max"
+        rewards, terminations, truncations, mu, mu_next, weight, normalize == "max"
     )
 
 
@@ -185,15 +185,15 @@ def test_gae_random_each_env_independent(kernels, seed, T, N):
 # =============================================================================================
 # P3O, by hand. Unless a test says otherwise: one env, T = 4, H = 3,
 #   rewards r = [1, 2, 3, 4], mu_t[k] = 0.25 for every (t, k), mu_next = [10, 20, 30],
-#   precision lambda = [1, 1, 2] (sum 4, max 2 over a full row).
+#   weight = [1, 1, 2] (sum 4, max 2 over a full row).
 # Row t predicts steps j = t, t+1, t+2; j >= 4 is past the rollout's end and bootstraps
 # from mu_next[j - 4], not known.
 # =============================================================================================
 R4 = (1, 2, 3, 4)
-LAMBDA = (1.0, 1.0, 2.0)
+WEIGHT = (1.0, 1.0, 2.0)
 
 
-def p3o_single(kernels, normalize, terminations=(0, 0, 0, 0), truncations=(0, 0, 0, 0), precision=LAMBDA):
+def p3o_single(kernels, normalize, terminations=(0, 0, 0, 0), truncations=(0, 0, 0, 0), weight=WEIGHT):
     """Kernel and reference on the standard one-env case; returns both, targets and known as [T, H]."""
     inputs = dict(
         rewards=col(*R4),
@@ -201,7 +201,7 @@ def p3o_single(kernels, normalize, terminations=(0, 0, 0, 0), truncations=(0, 0,
         truncations=col(*truncations),
         mu=torch.full((4, 3, 1), 0.25),
         mu_next=col(10, 20, 30),
-        precision=torch.tensor(precision, dtype=torch.float32),
+        weight=torch.tensor(weight, dtype=torch.float32),
     )
     adv, targets, known = p3o(kernels, normalize=normalize, **inputs)
     ref = p3o_reference(**inputs, normalize=normalize)
@@ -280,8 +280,8 @@ def test_p3o_termination_at_last_step_known_zeros_past_the_end(kernels, normaliz
     "normalize, expected_adv",
     [
         # truncated at step 1: the truncated step's reward counts, then the row stops.
-        # row 0: y = [1, 2, -]: weighted 0.75 + 1.75 = 2.5 over lambda [1, 1]: sum 2, max 1
-        # row 1: y = [2, -, -]: weighted 1.75 over lambda [1]: sum 1, max 1
+        # row 0: y = [1, 2, -]: weighted 0.75 + 1.75 = 2.5 over weight [1, 1]: sum 2, max 1
+        # row 1: y = [2, -, -]: weighted 1.75 over weight [1]: sum 1, max 1
         # rows 2, 3: as without done
         ("sum", [2.5 / 2, 1.75, 26 / 4, 53 / 4]),
         ("max", [2.5 / 1, 1.75, 26 / 2, 53 / 2]),
@@ -297,8 +297,8 @@ def test_p3o_truncation_stops_row(kernels, normalize, expected_adv):
     "normalize, expected_adv",
     [
         # truncated at the last step 3: no bootstrap from mu_next after it.
-        # row 2: y = [3, 4, -]: 2.75 + 3.75 = 6.5 over lambda [1, 1]: sum 2, max 1
-        # row 3: y = [4, -, -]: 3.75 over lambda [1]
+        # row 2: y = [3, 4, -]: 2.75 + 3.75 = 6.5 over weight [1, 1]: sum 2, max 1
+        # row 3: y = [4, -, -]: 3.75 over weight [1]
         ("sum", [8 / 4, 12 / 4, 6.5 / 2, 3.75]),
         ("max", [8 / 2, 12 / 2, 6.5 / 1, 3.75]),
     ],
@@ -327,23 +327,23 @@ def test_p3o_truncation_then_termination(kernels, normalize, expected_adv):
 
 
 @pytest.mark.parametrize("normalize", ["sum", "max"])
-def test_p3o_precision_all_zero_gives_zero_advantage(kernels, normalize):
+def test_p3o_weight_all_zero_gives_zero_advantage(kernels, normalize):
     # norm = 0 in every row: A = 0 (not NaN); targets and known are unchanged.
     targets = [[1, 2, 0], [2, 0, 0], [3, 4, 10], [4, 10, 20]]
     known = [[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0]]
-    check_p3o_single(kernels, normalize, [0, 0, 0, 0], targets, known, terminations=(0, 1, 0, 0), precision=(0, 0, 0))
+    check_p3o_single(kernels, normalize, [0, 0, 0, 0], targets, known, terminations=(0, 1, 0, 0), weight=(0, 0, 0))
 
 
 @pytest.mark.parametrize("normalize", ["sum", "max"])
 def test_p3o_zero_weight_on_usable_part_only(kernels, normalize):
-    # lambda = [0, 1, 1], truncated at step 1: row 1 keeps only k = 0, whose weight is 0 -> A = 0.
+    # weight = [0, 1, 1], truncated at step 1: row 1 keeps only k = 0, whose weight is 0 -> A = 0.
     # row 0: usable k = 0, 1: weighted 0*0.75 + 1*1.75 = 1.75, norm 1 (sum and max)
     # row 2: y = [3, 4, -] (truncated at 3): 3.75 over norm 1
     # row 3: y = [4, -, -]: weight 0 -> A = 0
     targets = [[1, 2, 0], [2, 0, 0], [3, 4, 0], [4, 0, 0]]
     known = [[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]]
     check_p3o_single(kernels, normalize, [1.75, 0, 3.75, 0], targets, known,
-                     truncations=(0, 1, 0, 1), precision=(0, 1, 1))
+                     truncations=(0, 1, 0, 1), weight=(0, 1, 1))
 
 
 @pytest.mark.parametrize("normalize", ["sum", "max"])
@@ -355,7 +355,7 @@ def test_p3o_horizon_one(kernels, normalize):
         truncations=col(0, 0, 1),
         mu=torch.tensor([0.25, 0.5, 0.75]).reshape(3, 1, 1),
         mu_next=torch.tensor([[10.0]]),
-        precision=torch.tensor([4.0]),
+        weight=torch.tensor([4.0]),
     )
     adv, targets, known = p3o(kernels, normalize=normalize, **inputs)
     assert_close(adv, col(0.75, 1.5, 2.25), **EXACT)
@@ -368,14 +368,14 @@ def test_p3o_horizon_one(kernels, normalize):
 
 def horizon_longer_than_rollout(terminations=(0, 0)):
     # T = 2, H = 5, one env: r = [1, 2], mu = 0, mu_next = [10, 20, 30, 40, 50],
-    # lambda = [1, 1, 1, 1, 4] (sum 8, max 4)
+    # weight = [1, 1, 1, 1, 4] (sum 8, max 4)
     return dict(
         rewards=col(1, 2),
         terminations=col(*terminations),
         truncations=col(0, 0),
         mu=torch.zeros(2, 5, 1),
         mu_next=col(10, 20, 30, 40, 50),
-        precision=torch.tensor([1.0, 1, 1, 1, 4]),
+        weight=torch.tensor([1.0, 1, 1, 1, 4]),
     )
 
 
@@ -419,19 +419,19 @@ def test_p3o_horizon_longer_than_rollout_terminated(kernels, normalize, expected
 
 def per_state_inputs():
     # T = 2, H = 2, N = 2: r = [1, 2] in both envs, mu = 0, mu_next = [8, 16] in both envs.
-    # precision[t, k, env]: env 0 rows t=0: [2, 2], t=1: [1, 0.5]; env 1 rows [0, 4], [4, 0].
-    precision = torch.zeros(2, 2, 2)
-    precision[0, :, 0] = torch.tensor([2.0, 2.0])
-    precision[1, :, 0] = torch.tensor([1.0, 0.5])
-    precision[0, :, 1] = torch.tensor([0.0, 4.0])
-    precision[1, :, 1] = torch.tensor([4.0, 0.0])
+    # weight[t, k, env]: env 0 rows t=0: [2, 2], t=1: [1, 0.5]; env 1 rows [0, 4], [4, 0].
+    weight = torch.zeros(2, 2, 2)
+    weight[0, :, 0] = torch.tensor([2.0, 2.0])
+    weight[1, :, 0] = torch.tensor([1.0, 0.5])
+    weight[0, :, 1] = torch.tensor([0.0, 4.0])
+    weight[1, :, 1] = torch.tensor([4.0, 0.0])
     return dict(
         rewards=torch.tensor([[1.0, 1], [2, 2]]),
         terminations=torch.zeros(2, 2),
         truncations=torch.zeros(2, 2),
         mu=torch.zeros(2, 2, 2),
         mu_next=torch.tensor([[8.0, 8], [16, 16]]),
-        precision=precision,
+        weight=weight,
     )
 
 
@@ -445,7 +445,7 @@ def per_state_inputs():
         ("max", [[6 / 2, 8 / 4], [6 / 1, 8 / 4]]),
     ],
 )
-def test_p3o_per_state_precision(kernels, normalize, expected_adv):
+def test_p3o_per_state_weight(kernels, normalize, expected_adv):
     inputs = per_state_inputs()
     adv, targets, known = p3o(kernels, normalize=normalize, **inputs)
     assert_close(adv, torch.tensor(expected_adv), **EXACT)
@@ -464,7 +464,7 @@ def two_env_p3o_inputs():
         truncations=torch.tensor([[0.0, 0], [0, 1], [0, 0], [0, 0]]),
         mu=torch.full((4, 3, 2), 0.25),
         mu_next=torch.tensor([[10.0, 10], [20, 20], [30, 30]]),
-        precision=torch.tensor(LAMBDA),
+        weight=torch.tensor(WEIGHT),
     )
 
 
@@ -499,7 +499,7 @@ def test_p3o_no_leakage_across_envs(kernels, normalize, per_state):
     changed["mu"][..., 1] *= -2
     changed["mu_next"][:, 1] += 100
     if per_state:
-        changed["precision"][..., 1] = 3 - changed["precision"][..., 1]
+        changed["weight"][..., 1] = 4 - changed["weight"][..., 1]  # still in [0, 4]
     after = p3o(kernels, normalize=normalize, **changed)
     for b, a in zip(before, after):
         assert_close(a[..., 0], b[..., 0], **EXACT)
@@ -528,7 +528,7 @@ def test_p3o_random_each_env_independent(kernels, per_state):
     out = p3o(kernels, normalize="sum", **inputs)
     for env in range(5):
         alone_inputs = {
-            k: (v if (k == "precision" and not per_state) else v[..., env : env + 1].contiguous())
+            k: (v if (k == "weight" and not per_state) else v[..., env : env + 1].contiguous())
             for k, v in inputs.items()
         }
         alone = p3o(kernels, normalize="sum", **alone_inputs)
@@ -537,11 +537,11 @@ def test_p3o_random_each_env_independent(kernels, per_state):
 
 
 def test_p3o_sum_and_max_differ_only_by_row_scale(kernels):
-    # same row, two norms: A_sum * sum(lambda_usable) == A_max * max(lambda_usable)
+    # same row, two norms: A_sum * sum(weight_usable) == A_max * max(weight_usable)
     inputs = random_p3o_inputs(5, 6, 4, 3, per_state=False)
     inputs["terminations"].zero_()
     inputs["truncations"].zero_()
-    inputs["precision"] = torch.tensor([1.0, 0.5, 0.25, 2.0])
+    inputs["weight"] = torch.tensor([1.0, 0.5, 0.25, 2.0])
     a_sum, t_sum, k_sum = p3o(kernels, normalize="sum", **inputs)
     a_max, t_max, k_max = p3o(kernels, normalize="max", **inputs)
     assert_close(a_sum * 3.75, a_max * 2.0, **TOL)
@@ -569,7 +569,7 @@ def test_p3o_targets_live_by_hand(kernels, terminations, truncations, expected_l
     inputs = dict(rewards=col(*R4), terminations=col(*terminations), truncations=col(*truncations), mu_next=col(10, 20, 30))
     targets, known, live = kernels.p3o_targets(**inputs)
     assert_close(live[..., 0], torch.tensor(expected_live, dtype=torch.float32), **EXACT)
-    _, adv_targets, adv_known = p3o(kernels, normalize="sum", mu=torch.full((4, 3, 1), 0.25), precision=torch.tensor(LAMBDA), **inputs)
+    _, adv_targets, adv_known = p3o(kernels, normalize="sum", mu=torch.full((4, 3, 1), 0.25), weight=torch.tensor(WEIGHT), **inputs)
     assert torch.equal(targets, adv_targets) and torch.equal(known, adv_known)
     for got, want in zip((targets, known, live), p3o_targets_reference(**inputs)):
         assert_close(got.double(), want, **EXACT)
@@ -578,7 +578,7 @@ def test_p3o_targets_live_by_hand(kernels, terminations, truncations, expected_l
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
 def test_p3o_targets_random_vs_reference(kernels, seed, T, H, N):
     inputs = random_p3o_inputs(seed, T, H, N, per_state=False)
-    del inputs["mu"], inputs["precision"]
+    del inputs["mu"], inputs["weight"]
     out = kernels.p3o_targets(**inputs)
     for got, want in zip(out, p3o_targets_reference(**inputs)):
         assert got.shape == (T, H, N) and got.dtype == torch.float32
@@ -609,7 +609,7 @@ def good_gae_inputs(T=3, N=2):
 def good_p3o_inputs(T=3, H=4, N=2):
     return dict(
         rewards=torch.zeros(T, N), terminations=torch.zeros(T, N), truncations=torch.zeros(T, N),
-        mu=torch.zeros(T, H, N), mu_next=torch.zeros(H, N), precision=torch.zeros(H),
+        mu=torch.zeros(T, H, N), mu_next=torch.zeros(H, N), weight=torch.zeros(H),
     )
 
 
@@ -617,7 +617,7 @@ def test_good_inputs_accepted(kernels):
     kernels.gae(**good_gae_inputs(), gamma=0.99, lam=0.95)
     p3o(kernels, normalize="sum", **good_p3o_inputs())
     inputs = good_p3o_inputs()
-    inputs["precision"] = torch.zeros(3, 4, 2)
+    inputs["weight"] = torch.zeros(3, 4, 2)
     p3o(kernels, normalize="max", **inputs)
 
 
@@ -676,10 +676,10 @@ def test_p3o_rejects_wrong_dtype(kernels, name):
         ("mu", torch.zeros(3, 4, 2, 1)),
         ("mu_next", torch.zeros(3, 2)),
         ("mu_next", torch.zeros(4)),
-        ("precision", torch.zeros(5)),
-        ("precision", torch.zeros(3, 4)),
-        ("precision", torch.zeros(3, 4, 3)),
-        ("precision", torch.zeros(4, 4, 2)),
+        ("weight", torch.zeros(5)),
+        ("weight", torch.zeros(3, 4)),
+        ("weight", torch.zeros(3, 4, 3)),
+        ("weight", torch.zeros(4, 4, 2)),
     ],
 )
 def test_p3o_rejects_wrong_shape(kernels, name, bad):
@@ -696,55 +696,27 @@ def test_p3o_rejects_non_contiguous(kernels):
         p3o(kernels, normalize="sum", **inputs)
 
 
-# =============================================================================================
-# precision_weights (the reference the owner's p3o.py is checked against)
-# =============================================================================================
-def test_precision_weights_chance_level():
-    # sigma_r = 2, c = 1: lambda = max(0, 1/sigma^2 - 1/4)
-    sigma = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    assert_close(precision_weights(sigma, 2.0, 1.0), torch.tensor([3.75, 0.75, 0.0, 0.0]), **EXACT)
-    # c = 0.25, sigma_r = 1: chance term 0.25 again, the threshold is sigma = 2
-    assert_close(precision_weights(sigma, 1.0, 0.25), torch.tensor([3.75, 0.75, 0.0, 0.0]), **EXACT)
+@pytest.mark.parametrize("T, H, N", [(3, 0, 2), (0, 4, 2), (3, 4, 0)])
+def test_p3o_rejects_empty_sizes(kernels, T, H, N):
+    # H = 0 would leave every advantage unwritten (uninitialised memory); T or N = 0 leaves nothing to do
+    inputs = good_p3o_inputs(T, H, N)
+    with pytest.raises(RuntimeError, match=r"must each be at least 1"):
+        p3o(kernels, normalize="sum", **inputs)
+    del inputs["mu"], inputs["weight"]
+    with pytest.raises(RuntimeError, match=r"must each be at least 1"):
+        kernels.p3o_targets(**inputs)
 
 
-def test_precision_weights_at_or_above_chance_is_zero_not_negative():
-    sigma_r = 0.75
-    sigma = torch.tensor([0.75, 0.75001, 1.0, 10.0, 1e6])  # at or above chance level (c = 1)
-    weights = precision_weights(sigma, sigma_r, 1.0)
-    assert torch.all(weights == 0)
-    assert precision_weights(torch.tensor([0.74]), sigma_r, 1.0).item() > 0
-    # with c = 0.25 chance level is sigma = sigma_r / sqrt(0.25) = 2: at and above it, 0
-    assert torch.all(precision_weights(torch.tensor([2.0, 2.5, 8.0]), 1.0, 0.25) == 0)
-    assert precision_weights(torch.tensor([1.9]), 1.0, 0.25).item() > 0
-
-
-def test_precision_weights_zero_sigma_r_drops_chance_term():
-    sigma = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    expected = torch.tensor([4.0, 1.0, 0.25, 0.0625])
-    for c in (0.0, 0.5, 1.0):
-        assert_close(precision_weights(sigma, 0.0, c), expected, **EXACT)
-        assert_close(precision_weights(sigma, torch.tensor(0.0), c), expected, **EXACT)
-    # c = 0 drops it too, whatever sigma_r
-    assert_close(precision_weights(sigma, 0.3, 0.0), expected, **EXACT)
-
-
-def test_precision_weights_any_shape_and_dtype():
-    g = torch.Generator().manual_seed(0)
-    sigma = torch.rand(5, 7, 3, generator=g) * 2 + 0.1
-    weights = precision_weights(sigma, 0.8, 0.5)
-    assert weights.shape == sigma.shape and weights.dtype == torch.float32
-    expected = torch.clamp(1 / sigma.double() ** 2 - 0.5 / 0.8**2, min=0).float()
-    assert_close(weights, expected)
-    assert precision_weights(sigma.double(), 0.8, 0.5).dtype == torch.float64
-    assert_close(precision_weights([1.0, 2.0], 0.0, 1.0), torch.tensor([1.0, 0.25], dtype=torch.float64))
-
-
-def test_precision_weights_feed_the_kernel(kernels):
-    # precision_weights' output is a valid kernel input, [H] and [T, H, N]
-    inputs = random_p3o_inputs(3, 6, 5, 2, per_state=False)
-    inputs["precision"] = precision_weights(torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0]), 1.5, 1.0)
-    adv, _, _ = p3o(kernels, normalize="sum", **inputs)
-    assert_close(adv.double(), p3o_reference(**inputs, normalize="sum")[0], **TOL)
-    inputs["precision"] = precision_weights(torch.rand(6, 5, 2) + 0.5, 1.0, 1.0)
-    adv, _, _ = p3o(kernels, normalize="max", **inputs)
-    assert_close(adv.double(), p3o_reference(**inputs, normalize="max")[0], **TOL)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+@pytest.mark.parametrize("per_state", [False, True])
+@pytest.mark.parametrize("normalize", ["sum", "max"])
+def test_p3o_rejects_non_finite_or_negative_weight(kernels, bad, per_state, normalize):
+    # a NaN weight made every advantage of its rows 0 (sum) or NaN (max); now it is an error
+    inputs = good_p3o_inputs()
+    if per_state:
+        inputs["weight"] = torch.ones(3, 4, 2)
+        inputs["weight"][1, 2, 0] = bad
+    else:
+        inputs["weight"] = torch.tensor([1.0, bad, 1.0, 1.0])
+    with pytest.raises(RuntimeError, match=r"\bweight must be finite and >= 0"):
+        p3o(kernels, normalize=normalize, **inputs)

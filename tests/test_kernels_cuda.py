@@ -84,7 +84,7 @@ def test_p3o_cuda_many_rows_vs_reference(cuda_kernels, normalize):
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES + [(202, 128, 64, 40)])
 def test_p3o_targets_cuda_vs_reference(cuda_kernels, seed, T, H, N):
     inputs = random_p3o_inputs(seed, T, H, N, per_state=False)
-    del inputs["mu"], inputs["precision"]
+    del inputs["mu"], inputs["weight"]
     out = cuda_kernels.p3o_targets(**on("cuda", inputs))
     for got, want in zip(out, p3o_targets_reference(**inputs)):
         assert got.is_cuda and got.shape == (T, H, N)

@@ -1,0 +1,125 @@
+"""scripts/delayed_choice.py: the DelayedChoice env, checked by playing it out."""
+
+import itertools
+import sys
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import scripts.delayed_choice as dc  # noqa: E402  (registers the ids)
+
+
+def play(env, actions):
+    """The rewards of one episode and its last flags; actions past the episode's end are not used."""
+    env.reset(seed=0)
+    rewards = []
+    for a in actions:
+        _, r, terminated, truncated, _ = env.step(a)
+        rewards.append(r)
+        if terminated or truncated:
+            return rewards, terminated, truncated
+    raise AssertionError("the episode did not end")
+
+
+@pytest.mark.parametrize("bonus", range(5))
+def test_default_variant_by_brute_force(bonus):
+    # every first choice, with several sequences of later actions (which must not matter)
+    env = gym.make(dc.variant_id(bonus)).unwrapped
+    rng = np.random.default_rng(bonus)
+    returns = {}
+    for choice in range(5):
+        for later in (np.zeros(100, int), np.full(100, 4), rng.integers(0, 5, 100)):
+            rewards, terminated, truncated = play(env, [choice, *later])
+            assert len(rewards) == 101 and terminated and not truncated
+            paid = [t for t, r in enumerate(rewards) if r != 0]
+            assert paid == [dc.DEFAULT_DELAYS[choice]]  # one reward, at step t = delay
+            assert rewards[paid[0]] == (1.1 if choice == bonus else 1.0)
+            returns.setdefault(choice, set()).add(sum(rewards))
+    assert all(len(r) == 1 for r in returns.values())
+    brute = [returns[c].pop() for c in range(5)]
+    assert brute == dc.choice_rewards(bonus=bonus)
+    assert max(brute) == dc.optimal_return(bonus=bonus) == 1.1
+
+
+def test_small_settings_every_action_sequence():
+    # delays (0, 2, 5), episode 4 steps: choice 2 is never paid; bonus on choice 1 pays 3.
+    params = dict(delays=(0, 2, 5), bonus=1, bonus_reward=3.0, episode_length=4)
+    env = dc.DelayedChoice(**params)
+    best = 0.0
+    for actions in itertools.product(range(3), repeat=4):
+        rewards, _, _ = play(env, actions)
+        expected = [0.0] * 4
+        if actions[0] == 0:
+            expected[0] = 1.0
+        elif actions[0] == 1:
+            expected[2] = 3.0
+        assert rewards == expected
+        best = max(best, sum(rewards))
+    assert dc.choice_rewards(**params) == [1.0, 3.0, 0.0]
+    assert dc.optimal_return(**params) == best == 3.0
+
+
+def test_observation():
+    env = dc.DelayedChoice(delays=(1, 2), episode_length=4)
+    obs, _ = env.reset()
+    assert obs.tolist() == [1.0, 0.0, 0.0]  # nothing chosen yet
+    obs, *_ = env.step(1)
+    assert obs.tolist() == [0.75, 0.0, 1.0]
+    obs, *_ = env.step(0)  # ignored
+    assert obs.tolist() == [0.5, 0.0, 1.0]
+
+
+def test_passes_gymnasium_env_checker():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(dc.DelayedChoice(), skip_render_check=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(delays=()), "delays"),
+        (dict(delays=(1, -1)), "delays"),
+        (dict(bonus=5), "bonus"),
+        (dict(bonus=True), "bonus"),
+        (dict(bonus_reward=float("nan")), "bonus_reward"),
+        (dict(episode_length=0), "episode_length"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=rf"DelayedChoice: {message} must"):
+        dc.DelayedChoice(**kwargs)
+
+
+def test_step_after_end_and_bad_action():
+    env = dc.DelayedChoice(delays=(0,), episode_length=1)
+    env.reset()
+    with pytest.raises(ValueError, match="action must be in"):
+        env.step(3)
+    env.step(0)
+    with pytest.raises(RuntimeError, match="after the episode ended"):
+        env.step(0)
+
+
+def test_malus_variant():
+    env = gym.make(dc.malus_id(3)).unwrapped
+    assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == [1.0, 1.0, 1.0, 0.9, 1.0]
+    assert dc.optimal_return(bonus=3, bonus_reward=0.9) == 1.0
+
+
+def test_clock_variant():
+    env = gym.make(dc.clock_id(0)).unwrapped
+    obs, _ = env.reset()
+    assert obs.shape == (6 + 102,) and obs[6] == 1.0 and obs[6:].sum() == 1.0
+    for t in range(1, 101):
+        obs, *_ = env.step(0)
+        assert obs[6 + t] == 1.0 and obs[6:].sum() == 1.0
+    assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == dc.choice_rewards(bonus=0)

@@ -1,0 +1,137 @@
+"""The weight functions p3o.py runs (imported from it), against hand-worked numbers and slow loops.
+
+chance_level, rollout_sigma2 and precision_weight decide which future steps P3O's advantage credits;
+the kernel that applies the weights is tested in test_kernels.py.
+"""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from p3o import chance_level, precision_weight, rollout_sigma2
+from p3o_kernel_loader import load_kernels
+from reference import p3o_targets_reference
+
+EXACT = dict(rtol=0.0, atol=0.0)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    return load_kernels(torch.device("cpu"))
+
+
+# =============================================================================================
+# chance_level: sigma_r^2, the population variance of the batch's one-step rewards
+# =============================================================================================
+def test_chance_level_is_the_population_variance():
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # mean 0.5, every squared deviation 0.25
+    assert chance_level(rewards).item() == 0.25  # the unbiased variance would be 1/3
+    assert chance_level(torch.tensor([[3.0]])).item() == 0.0  # one reward: no spread, not NaN
+
+
+def test_critic_at_chance_gets_zero_weight(kernels):
+    # mu = the batch's mean reward everywhere: sigma[0]^2 equals the chance level, so with c = 1
+    # the weight is exactly 0 (with the unbiased variance it was a small positive number).
+    rewards = torch.tensor([[0.0, 2.0], [1.0, 1.0], [0.0, 4.0], [2.0, 2.0]])  # mean 1.5
+    zeros = torch.zeros(4, 2)
+    mus = torch.full((4, 1, 2), 1.5)
+    sigma2 = rollout_sigma2(kernels, rewards, zeros, zeros, mus, torch.zeros(1, 2))
+    assert sigma2.item() == chance_level(rewards).item() == 1.5
+    assert precision_weight(sigma2, chance_level(rewards), 1.0).item() == 0.0
+    assert precision_weight(sigma2, chance_level(rewards), 0.5).item() == pytest.approx(0.5 / 1.5)
+
+
+# =============================================================================================
+# rollout_sigma2: mean of (r_{t+k} - mu_t[k])^2 over the live rewards of the rollout
+# =============================================================================================
+def test_rollout_sigma2_by_hand(kernels):
+    # T = 3, H = 4, three envs, every mu = 0 (so each live term is r^2):
+    #   env 0: rewards [1, 2, 3], no episode end
+    #   env 1: rewards [4, 0, 8], terminated at t = 0 (row 0 stops being live after k = 0)
+    #   env 2: rewards [2, 6, 10], truncated at t = 0 (row 0 stops after k = 0)
+    # k = 0: every (t, env) is live: 1 + 4 + 9 + 16 + 0 + 64 + 4 + 36 + 100 = 234 over 9 = 26
+    # k = 1: env 0 rows 0, 1 (2, 3); env 1 row 1 (8); env 2 row 1 (10); row 2 is past the
+    #        rollout's end: 4 + 9 + 64 + 100 = 177 over 4 = 44.25
+    # k = 2: env 0 row 0 (3) only: 9
+    # k = 3: t + 3 >= T for every row, nothing live: inf (weight 0)
+    rewards = torch.tensor([[1.0, 4.0, 2.0], [2.0, 0.0, 6.0], [3.0, 8.0, 10.0]])
+    terminations = torch.tensor([[0.0, 1.0, 0.0], [0, 0, 0], [0, 0, 0]])
+    truncations = torch.tensor([[0.0, 0.0, 1.0], [0, 0, 0], [0, 0, 0]])
+    mus = torch.zeros(3, 4, 3)
+    mu_next = torch.full((4, 3), 100.0)  # bootstrapped targets never enter sigma
+    sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
+    assert_close(sigma2, torch.tensor([26.0, 44.25, 9.0, math.inf]), **EXACT)
+    assert_close(precision_weight(sigma2, chance_level(rewards), 0.0), 1 / torch.tensor([26.0, 44.25, 9.0, math.inf]))
+
+
+def test_rollout_sigma2_subtracts_the_prediction_of_its_own_row(kernels):
+    # one env, T = 2, H = 2, rewards [1, 3]; mu_t[k] differs per (t, k):
+    # k = 0: (1 - 0.5)^2 + (3 - 2)^2 = 1.25 over 2 = 0.625; k = 1: row 0 only, (3 - 1)^2 = 4
+    rewards = torch.tensor([[1.0], [3.0]])
+    zeros = torch.zeros(2, 1)
+    mus = torch.tensor([[[0.5], [1.0]], [[2.0], [-7.0]]])  # mu_1[1] predicts past the rollout: unused
+    sigma2 = rollout_sigma2(kernels, rewards, zeros, zeros, mus, torch.zeros(2, 1))
+    assert_close(sigma2, torch.tensor([0.625, 4.0]), **EXACT)
+
+
+def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next):
+    """Slow: for each k, the mean of (target - mu)^2 over the (t, env) the reference marks live."""
+    targets, _, live = p3o_targets_reference(rewards, terminations, truncations, mu_next)
+    T, H, N = targets.shape
+    out = []
+    for k in range(H):
+        errors = [(targets[t, k, env] - float(mus[t, k, env])) ** 2 for t in range(T) for env in range(N) if live[t, k, env]]
+        out.append(sum(errors) / len(errors) if errors else math.inf)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
+def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(T, N, generator=g)
+    terminations = (torch.rand(T, N, generator=g) < 0.15).float()
+    truncations = (torch.rand(T, N, generator=g) < 0.1).float()
+    mus = torch.randn(T, H, N, generator=g)
+    mu_next = torch.randn(H, N, generator=g)
+    got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
+    assert_close(got.double(), rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next), rtol=1e-5, atol=1e-6)
+
+
+# =============================================================================================
+# precision_weight: weight = max(0, 1/sigma^2 - c/sigma_r^2)
+# =============================================================================================
+def test_precision_weight_chance_level():
+    sigma2 = torch.tensor([0.25, 1.0, 4.0, 16.0])
+    # sigma_r^2 = 4, c = 1: 1/sigma^2 - 1/4
+    assert_close(precision_weight(sigma2, torch.tensor(4.0), 1.0), torch.tensor([3.75, 0.75, 0.0, 0.0]), **EXACT)
+    # c = 0.25, sigma_r^2 = 1: the same chance term 1/4
+    assert_close(precision_weight(sigma2, torch.tensor(1.0), 0.25), torch.tensor([3.75, 0.75, 0.0, 0.0]), **EXACT)
+    # above chance: 0, never negative
+    assert torch.all(precision_weight(torch.tensor([4.0, 5.0, 1e6]), torch.tensor(4.0), 1.0) == 0)
+
+
+def test_precision_weight_zero_sigma_r_drops_chance_term():
+    sigma2 = torch.tensor([0.25, 1.0, 4.0])
+    for c in (0.0, 0.5, 1.0):
+        assert_close(precision_weight(sigma2, torch.tensor(0.0), c), torch.tensor([4.0, 1.0, 0.25]), **EXACT)
+
+
+def test_precision_weight_unmeasured_and_exact_steps():
+    # inf (no live reward at k): weight 0; sigma^2 = 0 (an exactly predicted reward): floored at 1e-12
+    weight = precision_weight(torch.tensor([math.inf, 0.0, 1.0]), torch.tensor(1.0), 0.0)
+    assert weight[0].item() == 0.0 and weight[1].item() == pytest.approx(1e12) and weight[2].item() == 1.0
+
+
+def test_precision_weight_per_state_shape():
+    sigma2 = torch.rand(5, 3, 2) + 0.5
+    assert_close(precision_weight(sigma2, torch.tensor(2.0), 0.5), (1 / sigma2 - 0.25).clamp(min=0))
+
+
+@pytest.mark.parametrize("shape", [(4,), (3, 4, 2)])
+def test_precision_weight_nan_stops_the_run(shape):
+    sigma2 = torch.ones(shape)
+    sigma2.view(-1)[1] = math.nan
+    with pytest.raises(SystemExit, match=r"^error: the P3O weight is not finite \(1 NaN or inf"):
+        precision_weight(sigma2, torch.tensor(1.0), 0.0)

@@ -1,6 +1,8 @@
-"""scripts/delayed_choice.py: the DelayedChoice env, checked by playing it out."""
+"""scripts/delayed_choice.py: the DelayedChoice env, checked by playing it out; and its experiment,
+scripts/delayed_choice_experiment.py, run for real through the runner of scripts/compare.py."""
 
 import itertools
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import scripts.delayed_choice as dc  # noqa: E402  (registers the ids)
+from test_compare import kill_session, ray_env, read  # noqa: E402, F401  (ray_env: the fixture)
 
 
 def play(env, actions):
@@ -123,3 +126,46 @@ def test_clock_variant():
         obs, *_ = env.step(0)
         assert obs[6 + t] == 1.0 and obs[6:].sum() == 1.0
     assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == dc.choice_rewards(bonus=0)
+
+
+def test_experiment_through_the_runner(tmp_path, ray_env):
+    """scripts/delayed_choice_experiment.py on the runner of scripts/compare.py: one tiny run, its score
+    recomputed by hand from the per-episode CSV, then a rerun that skips it and prints the same table."""
+    def experiment(*flags):
+        proc = subprocess.Popen(
+            [sys.executable, "scripts/delayed_choice_experiment.py", "--out", str(tmp_path), *flags],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ray_env, start_new_session=True,
+        )  # fmt: skip
+        stdout, _ = proc.communicate(timeout=300)
+        kill_session(proc.pid)
+        assert proc.returncode == 0, stdout[-4000:]
+        return stdout
+
+    flags = ["--bonus", "1", "--seeds", "3", "--total-timesteps", "2048", "--jobs", "1"]
+    first = experiment(*flags, "--config", "ppo=ppo_gae.py --num-envs 2 --num-steps 32")
+    _, (run,) = read(tmp_path / "runs.csv")
+    assert (run["label"], run["bonus"], run["bonus_delay"], run["seed"], run["status"]) == ("ppo", "1", "3", "3", "finished")
+    assert run["command"] == (
+        "python ppo_gae.py --num-envs 2 --num-steps 32 --env-id scripts.delayed_choice:DelayedChoice-bonus1-v0"
+        " --seed 3 --total-timesteps 2048"
+    )  # fmt: skip
+    _, episodes = read(tmp_path / "results.csv")
+    final = [round(float(e["episodic_return"]), 4) for e in episodes if int(e["step"]) > 0.9 * 2048]
+    assert set(final) <= {1.0, 1.1} and int(run["final_episodes"]) == len(final) > 0  # the return is the choice's reward
+    assert float(run["bonus_fraction"]) == pytest.approx(final.count(1.1) / len(final), abs=1e-4)
+    table = f"| config | bonus at delay 3 |\n|---|---|\n| ppo | {float(run['bonus_fraction']):.2f} ({float(run['bonus_fraction']):.2f}) |\n"
+    assert table in first and (tmp_path / "summary.md").read_text() == table
+    again = experiment(*flags, "--config", "ppo=ppo_gae.py --num-envs 2 --num-steps 32")
+    assert "skip  label=ppo bonus=1 bonus_delay=3 seed=3: already finished" in again and table in again
+    assert experiment("--summary").endswith(f"{table}\nsummary: {tmp_path / 'summary.md'}\n")
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [("ppo", "--config must be LABEL=p3o.py|ppo_gae.py"), ("x=train.py", "--config must be"), ("x=p3o.py --seed 2", "must not set --seed")],
+)
+def test_experiment_bad_config(config, message):
+    result = subprocess.run(
+        [sys.executable, "scripts/delayed_choice_experiment.py", "--config", config], cwd=ROOT, capture_output=True, text=True
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]

@@ -17,11 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -30,16 +28,6 @@ TINY = [
     "--p3o-args", "--num-envs 2 --num-steps 32 --horizon 8",
 ]  # fmt: skip
 ONE_SEED = [*TINY, "--seeds", "1"]
-
-
-@pytest.fixture
-def ray_env():
-    """Environment for Ray processes: a short temp dir (Unix socket paths are limited to ~100
-    characters), no auth token written to the home folder."""
-    tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
-    env = dict(os.environ, RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
-    yield env
-    subprocess.run(["rm", "-rf", tmp])
 
 
 def session_pids(sid):

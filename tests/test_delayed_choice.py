@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import scripts.delayed_choice as dc  # noqa: E402  (registers the ids)
-from test_compare import kill_session, ray_env, read  # noqa: E402, F401  (ray_env: the fixture)
+from test_compare import kill_session, read  # noqa: E402  (ray_env: the fixture in conftest.py)
 
 
 def play(env, actions):

@@ -19,11 +19,12 @@ returns the run's episodes, SPS, last scalars and its log to this process, which
 files below. The exp-name is deterministic, `{label}-{config hash}`, and so is the run name.
 
 What --out holds:
-    results.csv   algo (the label), game, seed, step, episodic_return: one row per finished game
+    results.csv.gz   algo (the label), game, seed, step, episodic_return: one row per finished game,
+                  gzipped (a results.csv from before is read, and replaced by the .gz on the next write)
     runs.csv      one row per run: label, game, seed, total_timesteps, final_return (mean return of
                   the games that ended in the last 10% of the steps), wall_time_s, sps (mean of
-                  charts/SPS), status (finished, failed, interrupted, running), how it was run, and
-                  the node whose disk holds its TensorBoard folder
+                  charts/SPS), status (queued: submitted, not started yet; running; finished; failed;
+                  interrupted), how it was run, and the node whose disk holds its TensorBoard folder
     curves.png    the comparison: a panel per game, mean over seeds with a min..max (or std) band
     horizon_sweep.png   the same for a horizon sweep, plus the final return against H
     summary.md    label x game: final return mean +- std over seeds (n seeds)
@@ -31,7 +32,7 @@ What --out holds:
                   here by this process when it ends)
 
 Resuming: rerunning the same command skips every run that runs.csv says is finished (with the same
-settings). Any other run (interrupted, failed, never started) is run again, and continues from its
+settings). Any other run (queued, running, interrupted, failed) is run again, and continues from its
 last checkpoint (the scripts' --run-name NAME --resume auto --checkpoint-every S) when one is in its
 run folder on the node that runs it; otherwise it starts from scratch in a clean folder. A task whose
 worker dies (process killed, node lost) is retried by Ray (--retries). The CSVs are written by this
@@ -44,7 +45,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gzip
 import hashlib
+import io
 import math
 import os
 import shlex
@@ -172,7 +175,7 @@ def parse_args(argv=None):
 @dataclass
 class Run:
     ids: dict  # the run's columns in runs.csv that name it, e.g. label, game, seed
-    result_ids: dict  # the same in results.csv
+    result_ids: dict  # the same in results.csv.gz
     algo: str  # key of SCRIPTS
     env_id: str
     seed: int
@@ -213,7 +216,7 @@ class Experiment:
     run_columns: list[str]
     result_columns: list[str]
     key: Callable  # runs.csv row (or Run.ids) -> key
-    result_key: Callable  # results.csv row -> key
+    result_key: Callable  # results.csv.gz row -> key
     report: Callable  # (store, args) -> None
     order: Callable = lambda key: key
     finished_columns: Callable = lambda run, result: {}
@@ -248,30 +251,38 @@ def replace_atomic(path: Path, write):
 
 
 def write_csv(path: Path, columns, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """A CSV file, gzipped if its name ends in .gz (with mtime 0 and no name inside: same rows, same bytes)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    data = text.getvalue().encode()
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data, compresslevel=6, mtime=0) if path.suffix == ".gz" else data)
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_csv(path: Path):
+    """The rows of a CSV file (gzipped if its name ends in .gz); none if there is no file."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return list(csv.DictReader(io.StringIO(data.decode(), newline="")))
 
 
 class Store:
-    """runs.csv and results.csv in memory; results are kept for finished runs only."""
+    """runs.csv and results.csv.gz in memory; results are kept for finished runs only. A results.csv from
+    before the gzip is read when there is no results.csv.gz, and deleted once the .gz is written."""
 
     def __init__(self, out: Path, exp: Experiment):
         self.out, self.exp = out, exp
-        self.runs_path, self.results_path = out / "runs.csv", out / "results.csv"
+        self.runs_path, self.results_path = out / "runs.csv", out / "results.csv.gz"
+        self.legacy_path = out / "results.csv"
+        self.migrate = not self.results_path.exists() and self.legacy_path.exists()
         self.runs = {exp.key(row): row for row in read_csv(self.runs_path)}
         self.results = defaultdict(list)  # key -> [row]
-        for row in read_csv(self.results_path):
+        for row in read_csv(self.legacy_path if self.migrate else self.results_path):
             if self.finished(exp.result_key(row)):
                 self.results[exp.result_key(row)].append(row)
 
@@ -297,6 +308,9 @@ class Store:
         with sigint_deferred():  # results first: rows of a run count only once runs.csv says finished
             replace_atomic(self.results_path, lambda tmp: write_csv(tmp, self.exp.result_columns, results))
             replace_atomic(self.runs_path, lambda tmp: write_csv(tmp, self.exp.run_columns, runs))
+            if self.migrate:
+                self.legacy_path.unlink(missing_ok=True)
+                self.migrate = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,13 +353,16 @@ def read_events(run_dir: Path):
     return episodes, [s.value for s in sps], last_step, {tag: values[-1].value for tag, values in scalars.items() if values}
 
 
-def run_on_worker(argv, out, run_name, log_name, threads):
+def run_on_worker(argv, out, run_name, log_name, threads, start_log=None):
     """Run `python argv` in `out` on this node, its output in out/logs/log_name as it runs; return what
-    the driver records, the log's text included (no shared disk needed)."""
+    the driver records, the log's text included (no shared disk needed). First tell `start_log` (a
+    StartLog actor) that the run started, so the driver can mark it running."""
     import shutil
     import socket
     import subprocess
 
+    if start_log is not None:
+        start_log.add.remote(run_name)  # no wait: a lost message leaves only the run's status "queued"
     runs = Path(out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     folders = lambda: sorted(runs.glob(glob_escape(run_name)))  # noqa: E731  (the scripts' --run-name)
@@ -382,6 +399,20 @@ def glob_escape(text):
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
+class StartLog:
+    """A Ray actor on the driver's node: each task adds its run's name when it starts, the driver takes them."""
+
+    def __init__(self):
+        self.names = []
+
+    def add(self, run_name):
+        self.names.append(run_name)
+
+    def take(self):
+        names, self.names = self.names, []
+        return names
+
+
 # ---------------------------------------------------------------------------------------------
 # The driver: submit the runs to Ray, record each as it ends
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +423,7 @@ def final_return(episodes, last_step):
 
 
 def record(run: Run, exp: Experiment, out: Path, status, result=None, log=None):
-    """The run's runs.csv row and, when it finished, its results.csv rows."""
+    """The run's runs.csv row and, when it finished, its results.csv.gz rows."""
     result = result or {}
     row = {c: "" for c in exp.run_columns}
     row.update(run.ids)
@@ -458,9 +489,35 @@ def connect(args, runs):
     )
 
 
+def start_log_here():
+    """A StartLog actor pinned to this (the driver's) node, so it lives as long as the driver does."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(StartLog).options(num_cpus=0, scheduling_strategy=here).remote()
+
+
+def mark_started(start_log, pending, store: Store):
+    """Runs still pending whose task started since the last call: queued -> running in runs.csv."""
+    import ray
+
+    try:
+        names = set(ray.get(start_log.take.remote(), timeout=30))
+    except ray.exceptions.RayError:  # the log is lost: the rows stay as they are
+        return
+    rows = [store.runs[store.exp.key(run.ids)] for run in pending.values() if run.run_name in names]
+    for row in rows:
+        row["status"] = "running"
+    if rows:
+        store.save()
+
+
 def execute(runs, store: Store, args):
-    """Run every unfinished run on Ray; returns False if one failed. On Ctrl-C (or kill) the running
-    runs are asked to checkpoint and stop, recorded as interrupted, and KeyboardInterrupt goes on up."""
+    """Run every unfinished run on Ray; returns False if one failed. A run is recorded queued when
+    submitted and running once its task starts. On Ctrl-C (or kill) the running runs are asked to
+    checkpoint and stop, recorded as interrupted (those not started stay queued), and
+    KeyboardInterrupt goes on up."""
     import ray
 
     out, exp = args.out, store.exp
@@ -474,16 +531,18 @@ def execute(runs, store: Store, args):
     (out / "logs").mkdir(parents=True, exist_ok=True)
     task = connect(args, todo)
     threads = str(max(1, int(args.cpus_per_run)))
+    start_log = start_log_here()
     pending = {}  # ObjectRef -> Run
     try:
         for run in todo:
-            ref = task.remote(run.argv(args), str(out), run.run_name, run.log_name, threads)
+            ref = task.remote(run.argv(args), str(out), run.run_name, run.log_name, threads, start_log)
             pending[ref] = run
-            store.runs[exp.key(run.ids)] = record(run, exp, out, "running")[0]
+            store.runs[exp.key(run.ids)] = record(run, exp, out, "queued")[0]
         store.save()
         print(f"{len(todo)} run(s) submitted; they continue from their checkpoints where they have one", flush=True)
         ok = True
         while pending:
+            mark_started(start_log, pending, store)
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
                 run = pending.pop(ref)
@@ -515,8 +574,10 @@ def execute(runs, store: Store, args):
             for ref in pending:
                 ray.cancel(ref)  # KeyboardInterrupt in the task: it stops its run, which checkpoints
             ray.wait(list(pending), num_returns=len(pending), timeout=40.0)
+            mark_started(start_log, pending, store)
             for run in pending.values():
-                store.runs[exp.key(run.ids)] = record(run, exp, out, "interrupted")[0]
+                started = store.runs[exp.key(run.ids)]["status"] == "running"
+                store.runs[exp.key(run.ids)] = record(run, exp, out, "interrupted" if started else "queued")[0]
                 store.results.pop(exp.key(run.ids), None)
             store.save()
         raise

@@ -12,7 +12,7 @@ mean score over seeds and each seed's.
 
 This is a configuration of the runner in scripts/compare.py (its pool on Ray, its store, its resume
 and its flags: --jobs, --address, --cpus-per-run, ... see `--help`), like scripts/horizon_experiment.py.
-OUT/runs.csv holds one row per run with its command and score, OUT/results.csv one row per episode,
+OUT/runs.csv holds one row per run with its command and score, OUT/results.csv.gz one row per episode,
 OUT/runs/ and OUT/logs/ the TensorBoard folders and logs; a finished run is not rerun.
 """
 

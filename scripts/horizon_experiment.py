@@ -23,7 +23,7 @@ scripts.two_horizons:TwoHorizons-far{D}-v0 --seed S --total-timesteps N --device
 or the --p3o-args) with OMP_NUM_THREADS = --cpus-per-run, in the folder --out.
 
 What --out holds:
-    results.csv        method, setting, delay, seed, step, episodic_return: one row per finished episode
+    results.csv.gz     method, setting, delay, seed, step, episodic_return: one row per finished episode (gzipped)
     runs.csv           one row per run: status, timings (SPS), final return and fraction of optimal, and
                        for P3O the last values of its horizon diagnostics
     horizon_experiment.png   a panel per delay: fraction of optimal return, mean over seeds, band min..max

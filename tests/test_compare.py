@@ -6,10 +6,13 @@
   node with its own resources), reached through --address: the second node is killed in the middle
   of the sweep, and every run must still finish exactly once with the CSVs intact;
 - resuming from a checkpoint: a sweep stopped by SIGTERM continues its run on the next invocation
-  (runs only where the training scripts have --resume).
+  (runs only where the training scripts have --resume);
+- a run's status: queued until Ray starts it, then running;
+- the store: the gzipped per-episode file, and the plain results.csv of older folders.
 """
 
 import csv
+import gzip
 import math
 import os
 import re
@@ -86,17 +89,19 @@ def compare(out, *flags, env=None, timeout=300):
 
 
 def read(path):
-    with open(path, newline="") as f:
+    """(columns, rows) of a CSV file, gzipped or not."""
+    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as f:
         reader = csv.DictReader(f)
         return reader.fieldnames, list(reader)
 
 
 def check_finished_once(out, labels, seeds, steps):
-    """runs.csv: one finished row per run; results.csv: exactly each run's episodes, within its steps."""
+    """runs.csv: one finished row per run; results.csv.gz: exactly each run's episodes, within its steps."""
     columns, runs = read(out / "runs.csv")
     assert columns[:8] == ["label", "game", "seed", "total_timesteps", "final_return", "wall_time_s", "sps", "status"]
     assert sorted((r["label"], r["seed"]) for r in runs) == sorted((lab, str(s)) for lab in labels for s in seeds)
-    columns, results = read(out / "results.csv")
+    assert not (out / "results.csv").exists()
+    columns, results = read(out / "results.csv.gz")
     assert columns == ["algo", "game", "seed", "step", "episodic_return"]
     for row in runs:
         assert row["status"] == "finished" and row["returncode"] == "0", row
@@ -128,11 +133,11 @@ def test_embedded_ray_runs_resumes_and_reruns_unfinished(tmp_path, ray_env):
     assert "| ppo_gae |" in stdout  # the table is printed too
 
     # 2. Same command again: everything is skipped, nothing is touched, Ray is not even started
-    before, csv_mtime = snapshot(out), (out / "results.csv").stat().st_mtime_ns
+    before, csv_mtime = snapshot(out), (out / "results.csv.gz").stat().st_mtime_ns
     stdout = compare(out, *ONE_SEED, env=ray_env)
     assert stdout.count("already finished") == 2 and "nothing to run" in stdout and "Ray:" not in stdout
     assert snapshot(out) == before
-    assert (out / "results.csv").stat().st_mtime_ns == csv_mtime
+    assert (out / "results.csv.gz").stat().st_mtime_ns == csv_mtime
 
     # 3. p3o seed 1's row says it was running when the runner died: only that run is run again
     columns, runs = read(out / "runs.csv")
@@ -252,7 +257,7 @@ def test_interrupted_sweep_continues_from_checkpoint(tmp_path, ray_env):
     resumed_at = re.search(r"Resuming \S+ from \S+: iteration (\d+)/", (out / runs[0]["log"]).read_text())
     assert resumed_at and int(resumed_at.group(1)) > 0  # the script continued, it did not start over
     assert [(r["status"], r["last_step"], r["run_dir"]) for r in runs] == [("finished", "8192", f"runs/{run_dir.name}")]
-    _, results = read(out / "results.csv")
+    _, results = read(out / "results.csv.gz")
     assert len(results) == int(runs[0]["episodes"]) and all(0 < int(r["step"]) <= 8192 for r in results)
 
 
@@ -265,3 +270,60 @@ def test_area_under_curve_by_hand():
     # Spans before the first game do not count: (6 + 10) / 2
     assert area_under_curve([(60, 6.0), (100, 10.0)], 100, bins=4) == 8.0
     assert math.isnan(area_under_curve([], 100, bins=4))
+
+
+def test_runs_are_queued_until_ray_starts_them(tmp_path, ray_env):
+    """--jobs 1 and two runs: while the first runs, runs.csv says the second is queued, never running."""
+    out, log = tmp_path / "queued", tmp_path / "runner.log"
+    with open(log, "w") as f:
+        runner = subprocess.Popen(
+            [sys.executable, "scripts/compare.py", "--out", str(out), *ONE_SEED, "--jobs", "1"],
+            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, env=ray_env, start_new_session=True,
+        )  # fmt: skip
+    seen = set()  # the statuses of the two runs, sorted, at each look
+    try:
+        deadline = time.time() + 300
+        while runner.poll() is None and time.time() < deadline:
+            if (out / "runs.csv").exists():  # written atomically: always whole
+                seen.add(tuple(sorted(r["status"] for r in read(out / "runs.csv")[1])))
+            time.sleep(0.05)
+        runner.wait(timeout=10)
+    finally:
+        kill_session(runner.pid)
+    assert runner.returncode == 0, log.read_text()[-4000:]
+    assert ("queued", "running") in seen and ("running", "running") not in seen, seen
+    check_finished_once(out, ["ppo_gae", "p3o"], [1], 1024)
+
+
+def test_store_gzips_results_and_reads_a_plain_csv(tmp_path):
+    """The results round trip through results.csv.gz, byte for byte the same each time; a folder from
+    before (results.csv) is read, then migrated on the next write; any status but finished is rerun."""
+    from scripts.compare import COMPARE, RESULT_COLUMNS, RUN_COLUMNS, Store, read_csv, write_csv
+
+    runs = [{"label": "p3o", "game": "G", "seed": s, "status": status}
+            for s, status in [(1, "finished"), (2, "queued"), (3, "running"), (4, "interrupted")]]  # fmt: skip
+    results = [{"algo": "p3o", "game": "G", "seed": "1", "step": str(8 * i), "episodic_return": f"{i / 3:.6g}"} for i in range(1, 500)]
+    write_csv(tmp_path / "runs.csv", RUN_COLUMNS, runs)
+    write_csv(tmp_path / "results.csv", RESULT_COLUMNS, results)
+    plain = (tmp_path / "results.csv").read_bytes()
+
+    # A plain results.csv alone: read; the next write replaces it by the .gz, same rows
+    store = Store(tmp_path, COMPARE)
+    assert store.finished_keys() == [("p3o", "G", 1)]  # queued, running, interrupted: run again
+    assert store.results[("p3o", "G", 1)] == results and (tmp_path / "results.csv").exists()
+    store.save()
+    assert not (tmp_path / "results.csv").exists()
+    packed = (tmp_path / "results.csv.gz").read_bytes()
+    assert gzip.decompress(packed) == plain and read_csv(tmp_path / "results.csv.gz") == results
+    assert packed[3] & 0x08 == 0 and packed[4:8] == b"\0\0\0\0"  # no file name, mtime 0
+    assert len(packed) < len(plain) / 3
+
+    # Read back from the .gz; saving the same rows again writes the same bytes
+    store = Store(tmp_path, COMPARE)
+    assert store.results[("p3o", "G", 1)] == results
+    store.save()
+    assert (tmp_path / "results.csv.gz").read_bytes() == packed
+
+    # Both files: the .gz is the one read
+    write_csv(tmp_path / "results.csv", RESULT_COLUMNS, results[:3])
+    assert Store(tmp_path, COMPARE).results[("p3o", "G", 1)] == results

@@ -149,7 +149,7 @@ def test_experiment_through_the_runner(tmp_path, ray_env):
         "python ppo_gae.py --num-envs 2 --num-steps 32 --env-id scripts.delayed_choice:DelayedChoice-bonus1-v0"
         " --seed 3 --total-timesteps 2048"
     )  # fmt: skip
-    _, episodes = read(tmp_path / "results.csv")
+    _, episodes = read(tmp_path / "results.csv.gz")
     final = [round(float(e["episodic_return"]), 4) for e in episodes if int(e["step"]) > 0.9 * 2048]
     assert set(final) <= {1.0, 1.1} and int(run["final_episodes"]) == len(final) > 0  # the return is the choice's reward
     assert float(run["bonus_fraction"]) == pytest.approx(final.count(1.1) / len(final), abs=1e-4)

@@ -103,6 +103,10 @@ class Args:
     """if toggled, the learning rate decays linearly to 0 over training"""
     horizon: int = 32
     """H, the number of future rewards the critic predicts and the advantage can credit"""
+    weight_rule: Literal["precision", "action"] = "precision"
+    """how much each future step k counts: `precision`, weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2), rows
+    normalized by `normalization`; `action`, per state, the share of step k's surprise the action explains,
+    tau_t[k]^2 / (tau_t[k]^2 + s[k]^2), from an action-conditional critic head, not normalized"""
     normalization: Literal["sum", "max"] = "sum"
     """how each row's weights are normalized: `sum` (they sum to 1) or `max` (the largest is 1)"""
     chance_coef: float = 0.0
@@ -312,7 +316,7 @@ class Agent(nn.Module):
     """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two 64-64 MLPs for
     flat observations; then the actor and critic heads."""
 
-    def __init__(self, envs, horizon, state_sigma):
+    def __init__(self, envs, horizon, state_sigma, action_critic=False):
         super().__init__()
         obs_space = envs.single_observation_space
         obs_shape = obs_space.shape
@@ -352,6 +356,9 @@ class Agent(nn.Module):
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = state_sigma
+        self.horizon, self.n_actions = horizon, envs.single_action_space.n
+        if action_critic:  # q[k, a]: predicted r_{t+k} after action a
+            self.critic_q = layer_init(nn.Linear(hidden, horizon * self.n_actions), std=0.01)
         if state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, horizon), std=0.01)
         else:
@@ -375,6 +382,19 @@ class Agent(nn.Module):
     def get_value(self, x):
         """mu, [batch, H]: the predicted next H rewards."""
         return self.critic(self.features(x)[1])
+
+    def action_effect(self, x, action):
+        """(q_taken, tau2), each [batch, H]: the action-conditional prediction q[k, a] of r_{t+k} for the
+        action taken, and tau2[k], the variance of q[k, .] over the policy's actions (what the action explains)."""
+        hidden, critic_hidden = self.features(x)
+        probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
+        if os.environ.get("P3O_TAU") == "uniform":
+            probs = torch.full_like(probs, 1.0 / self.n_actions)
+        q = self.critic_q(critic_hidden).view(-1, self.horizon, self.n_actions)  # [batch, H, A]
+        q_mean = (probs * q).sum(-1, keepdim=True)
+        tau2 = (probs * (q - q_mean) ** 2).sum(-1)
+        q_taken = q.gather(-1, action.view(-1, 1, 1).expand(-1, self.horizon, 1)).squeeze(-1)
+        return q_taken, tau2
 
     def get_action_and_value(self, x, action=None):
         """action, log-probability, entropy, and the critic's Gaussian: mu and log_sigma, each [batch, H]."""
@@ -562,7 +582,7 @@ def evaluate(args: Args, device: torch.device) -> None:
     num_envs = min(args.eval_episodes, 8)
     train_args = dataclasses.replace(saved_args(checkpoint), num_envs=num_envs, seed=args.seed)
     envs = make_envs(train_args)
-    agent = Agent(envs, train_args.horizon, train_args.state_sigma).to(device)
+    agent = Agent(envs, train_args.horizon, train_args.state_sigma, train_args.weight_rule == "action").to(device)
     agent.load_state_dict(checkpoint["model"])
     games_per_env = [args.eval_episodes // num_envs + (i < args.eval_episodes % num_envs) for i in range(num_envs)]
     scores = [[] for _ in range(num_envs)]  # each env's first games_per_env[i] scores
@@ -642,7 +662,7 @@ if __name__ == "__main__":
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
         )
 
-    agent = Agent(envs, args.horizon, args.state_sigma).to(device)
+    agent = Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action").to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     warned = False  # about an entropy collapse
 
@@ -655,6 +675,8 @@ if __name__ == "__main__":
     truncations = torch.zeros((args.num_steps, args.num_envs)).to(device)
     mus = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # [T, H, N], env fastest
     log_sigmas = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
+    q_taken = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # --weight-rule action
+    tau2s = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
 
     start_iteration, global_step = 0, 0
     recent_scores = deque(maxlen=20)
@@ -684,6 +706,9 @@ if __name__ == "__main__":
                 action, logprob, _, mu, log_sigma = agent.get_action_and_value(next_obs)
                 mus[step] = mu.T
                 log_sigmas[step] = log_sigma.T
+                if args.weight_rule == "action":
+                    q, tau2 = agent.action_effect(next_obs, action)
+                    q_taken[step], tau2s[step] = q.T, tau2.T
             actions[step] = action
             logprobs[step] = logprob
 
@@ -707,10 +732,28 @@ if __name__ == "__main__":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            if args.weight_rule == "precision":
+                weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
+                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next)
+                weight = (tau2s / (tau2s + s2[None, :, None]).clamp(min=1e-12)).contiguous()
+                if os.environ.get("P3O_RULE") == "gate":  # one weight per row: the share of the row's surprise the action explains
+                    measured = torch.isfinite(s2)[None, :, None]
+                    tau2_row = (tau2s * measured).sum(1, keepdim=True)
+                    gate = tau2_row / (tau2_row + s2[torch.isfinite(s2)].sum()).clamp(min=1e-12)
+                    weight = (gate * measured).expand_as(tau2s).contiguous()
         advantages, targets, known = kernels.p3o_advantage(
-            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max"
+            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
+            normalize=args.weight_rule == "precision",
         )
+
+        # Rows whose horizon runs past the rollout without the episode ending there (bootstrapped k)
+        ended = (terminations + truncations).clamp(max=1).flip(0).cummax(0).values.flip(0)  # [T, N]: an end at t..T-1
+        t_index = torch.arange(args.num_steps, device=device)[:, None]
+        complete = ((t_index + args.horizon <= args.num_steps) | (ended > 0)).float()
+        if os.environ.get("P3O_FULLROWS") != "1":
+            complete = torch.ones_like(complete)
+        b_complete = complete.reshape(-1)
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -741,17 +784,25 @@ if __name__ == "__main__":
                     clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
                 mb_advantages = b_advantages[mb_inds]
+                mb_complete = b_complete[mb_inds]
                 if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                    n = mb_complete.sum().clamp(min=2)
+                    mean = (mb_advantages * mb_complete).sum() / n
+                    std = (((mb_advantages - mean) ** 2 * mb_complete).sum() / (n - 1)).sqrt()
+                    mb_advantages = (mb_advantages - mean) / (std + 1e-8)
 
                 # Policy loss
                 pg_loss1 = -mb_advantages * ratio
                 pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+                pg_loss = (torch.max(pg_loss1, pg_loss2) * mb_complete).sum() / mb_complete.sum().clamp(min=1)
 
                 # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
                 nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
+                if args.weight_rule == "action":  # q[k, a_t] fit by squared error to the same targets
+                    new_q, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
+                    q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
+                    v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef

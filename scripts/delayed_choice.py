@@ -148,6 +148,10 @@ def malus_id(choice):
     return f"DelayedChoice-malus{choice}-v0"
 
 
+def clock_malus_id(choice):
+    return f"DelayedChoice-clock-malus{choice}-v0"
+
+
 def _register():
     entry = f"{__name__ if __name__ != '__main__' else 'scripts.delayed_choice'}:DelayedChoice"
     if "DelayedChoice-v0" not in gym.registry:
@@ -159,6 +163,8 @@ def _register():
             gym.register(id=clock_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, clock=True))
         if malus_id(bonus) not in gym.registry:
             gym.register(id=malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9))
+        if clock_malus_id(bonus) not in gym.registry:
+            gym.register(id=clock_malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9, clock=True))
 
 
 _register()

@@ -62,7 +62,8 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 //   the row stops after a truncation: later k are neither known nor used.
 //   A_t = sum_k weight[k] * (y_{t+k} - mu_t[k]) / norm_t,
 //   norm_t = sum (or max) of weight[k] over the row's usable k; A_t = 0 where norm_t = 0;
-//   norm_t = 1 with normalize == false (weights that are already fractions, e.g. per state).
+//   norm_t = 1 with normalize == false (weights that are already shares in [0, 1]: p3o.py's
+//   --weight-rule action).
 // weight is the unnormalized P3O weight (docs/p3o.md): one value per k ([H]) or one per
 // (t, k, env) ([T, H, N]); the bindings check that it is finite and >= 0.
 // With weight == nullptr the row writes only targets, known and live (p3o_targets).
@@ -109,8 +110,9 @@ HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
             norm = normalize_max ? fmaxf(norm, weight_k) : norm + weight_k;
         }
     }
-    if (weight && !normalize) advantages[t * N + env] = weighted_error;
-    else if (weight) advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
+    if (!weight) return;
+    if (!normalize) norm = 1.0f;
+    advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
 }
 
 #ifdef __CUDACC__

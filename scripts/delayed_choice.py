@@ -38,6 +38,7 @@ Registered ids (on import of this module; re-importing is harmless):
     DelayedChoice-malus{i}-v0     the control: choice i pays 0.9 instead (bonus_reward 0.9). A learner
                                   that credits every delay alike avoids it; one biased towards delay i
                                   picks it anyway, and the return 0.9 shows it.
+    DelayedChoice-clock-malus{i}-v0   the control for the clock variants
 """
 
 from __future__ import annotations

@@ -103,6 +103,11 @@ class Args:
     """if toggled, the learning rate decays linearly to 0 over training"""
     horizon: int = 32
     """H, the number of future rewards the critic predicts and the advantage can credit"""
+    weight_rule: Literal["precision", "action"] = "precision"
+    """how much each future step k counts: `precision`, weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2), rows
+    normalized by `normalization`; `action` (experimental), the share of row t's surprise that its action
+    explains, the same for every k, from an action-conditional head q[k, a]; only rows that see their whole
+    horizon inside the rollout enter the policy loss, so it needs H <= num_steps / 2 (docs/p3o.md)"""
     normalization: Literal["sum", "max"] = "sum"
     """how each row's weights are normalized: `sum` (they sum to 1) or `max` (the largest is 1)"""
     chance_coef: float = 0.0
@@ -153,6 +158,11 @@ def check_args(args: Args) -> None:
         errors.append(f"--horizon must be at least 1, got {args.horizon}")
     if not 0.0 <= args.chance_coef <= 1.0:
         errors.append(f"--chance-coef must be in [0, 1], got {args.chance_coef}")
+    if args.weight_rule == "action" and 2 * args.horizon > args.num_steps:
+        errors.append(f"--weight-rule action needs --horizon at most half of --num-steps ({args.num_steps}), got "
+                      f"{args.horizon}: its policy loss counts only the rows that see their whole horizon in the rollout")
+    if args.weight_rule == "action" and args.advantage_sigma != "rollout":
+        errors.append("--weight-rule action measures what the action leaves unexplained on the rollout: it needs --advantage-sigma rollout")
     if args.state_sigma and args.advantage_sigma != "learned":
         errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
     for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
@@ -312,7 +322,7 @@ class Agent(nn.Module):
     """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two 64-64 MLPs for
     flat observations; then the actor and critic heads."""
 
-    def __init__(self, envs, horizon, state_sigma):
+    def __init__(self, envs, horizon, state_sigma, action_head=False):
         super().__init__()
         obs_space = envs.single_observation_space
         obs_shape = obs_space.shape
@@ -352,6 +362,9 @@ class Agent(nn.Module):
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = state_sigma
+        self.horizon, self.n_actions = horizon, envs.single_action_space.n
+        if action_head:  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
+            self.critic_q = layer_init(nn.Linear(hidden, horizon * self.n_actions), std=0.01)
         if state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, horizon), std=0.01)
         else:
@@ -375,6 +388,17 @@ class Agent(nn.Module):
     def get_value(self, x):
         """mu, [batch, H]: the predicted next H rewards."""
         return self.critic(self.features(x)[1])
+
+    def action_effect(self, x, action):
+        """(q_taken, tau2), each [batch, H]: q[k, a_t], the action-conditional prediction of r_{t+k} for the
+        action taken, and tau2[k] = sum_a pi(a) (q[k, a] - qbar[k])^2, what the choice of action explains."""
+        hidden, critic_hidden = self.features(x)
+        probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
+        q = self.critic_q(critic_hidden).view(-1, self.horizon, self.n_actions)  # [batch, H, A]
+        q_mean = (probs * q).sum(-1, keepdim=True)
+        tau2 = (probs * (q - q_mean) ** 2).sum(-1)
+        q_taken = q.gather(-1, action.view(-1, 1, 1).expand(-1, self.horizon, 1)).squeeze(-1)
+        return q_taken, tau2
 
     def get_action_and_value(self, x, action=None):
         """action, log-probability, entropy, and the critic's Gaussian: mu and log_sigma, each [batch, H]."""
@@ -424,6 +448,28 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
         sys.exit(f"error: the P3O weight is not finite ({int((~torch.isfinite(weight)).sum())} NaN or inf "
                  f"of {weight.numel()}): sigma[k]^2 has NaN, so the critic's predictions are not finite")
     return weight
+
+
+def action_weight(tau2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """weight [T, H, N] for --weight-rule action: row t's share of surprise that its action explains,
+        g_t = sum_k tau2[t, k] / (sum_k tau2[t, k] + sum_k s2[k])   over the measured k (s2 finite),
+    the same g_t for every measured k of the row, 0 for the unmeasured ones. In [0, 1): a predictable
+    reward does not raise it, and a state where the action changes nothing gets ~0.
+    tau2: [T, H, N], the action-explained variance per state; s2: [H], what the action leaves unexplained
+    (inf where k has no live reward in the rollout)."""
+    measured = torch.isfinite(s2)
+    explained = (tau2 * measured[None, :, None]).sum(1, keepdim=True)  # [T, 1, N]
+    gate = explained / (explained + s2[measured].sum()).clamp(min=1e-12)
+    return (gate * measured[None, :, None]).expand_as(tau2).contiguous()
+
+
+def complete_rows(terminations: torch.Tensor, truncations: torch.Tensor, horizon: int) -> torch.Tensor:
+    """[T, N] bool: row t sees its whole horizon inside the rollout (t + H <= T), or its episode ends at a
+    step t .. T-1, so that no k of it is bootstrapped from mu_next."""
+    ends = (terminations + truncations) > 0
+    ends_from_t = ends.flip(0).cummax(0).values.flip(0)  # an episode end at some step t .. T-1
+    t = torch.arange(terminations.shape[0], device=terminations.device)[:, None]
+    return (t + horizon <= terminations.shape[0]) | ends_from_t
 
 
 def make_envs(args: Args):
@@ -562,7 +608,7 @@ def evaluate(args: Args, device: torch.device) -> None:
     num_envs = min(args.eval_episodes, 8)
     train_args = dataclasses.replace(saved_args(checkpoint), num_envs=num_envs, seed=args.seed)
     envs = make_envs(train_args)
-    agent = Agent(envs, train_args.horizon, train_args.state_sigma).to(device)
+    agent = Agent(envs, train_args.horizon, train_args.state_sigma, train_args.weight_rule == "action").to(device)
     agent.load_state_dict(checkpoint["model"])
     games_per_env = [args.eval_episodes // num_envs + (i < args.eval_episodes % num_envs) for i in range(num_envs)]
     scores = [[] for _ in range(num_envs)]  # each env's first games_per_env[i] scores
@@ -642,7 +688,7 @@ if __name__ == "__main__":
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
         )
 
-    agent = Agent(envs, args.horizon, args.state_sigma).to(device)
+    agent = Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action").to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     warned = False  # about an entropy collapse
 
@@ -655,6 +701,8 @@ if __name__ == "__main__":
     truncations = torch.zeros((args.num_steps, args.num_envs)).to(device)
     mus = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # [T, H, N], env fastest
     log_sigmas = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
+    q_taken = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # --weight-rule action
+    tau2s = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
 
     start_iteration, global_step = 0, 0
     recent_scores = deque(maxlen=20)
@@ -684,6 +732,9 @@ if __name__ == "__main__":
                 action, logprob, _, mu, log_sigma = agent.get_action_and_value(next_obs)
                 mus[step] = mu.T
                 log_sigmas[step] = log_sigma.T
+                if args.weight_rule == "action":
+                    q, tau2 = agent.action_effect(next_obs, action)
+                    q_taken[step], tau2s[step] = q.T, tau2.T
             actions[step] = action
             logprobs[step] = logprob
 
@@ -707,10 +758,18 @@ if __name__ == "__main__":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            if args.weight_rule == "precision":
+                weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
+                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next)
+                weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
-            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max"
+            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
+            normalize=args.weight_rule == "precision",
         )
+
+        # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)
+        b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" else None
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -741,17 +800,22 @@ if __name__ == "__main__":
                     clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
                 mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                used = torch.ones_like(mb_advantages, dtype=torch.bool) if b_used is None else b_used[mb_inds]
+                if args.norm_adv and used.sum() > 1:  # normalized over the rows the policy loss counts
+                    mb_advantages = (mb_advantages - mb_advantages[used].mean()) / (mb_advantages[used].std() + 1e-8)
 
                 # Policy loss
                 pg_loss1 = -mb_advantages * ratio
                 pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+                pg_loss = torch.max(pg_loss1, pg_loss2)[used].mean() if used.any() else 0.0 * ratio.sum()
 
                 # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
                 nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
+                if args.weight_rule == "action":  # q[k, a_t] fit by squared error to the same targets
+                    new_q, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
+                    q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
+                    v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
@@ -792,6 +856,11 @@ if __name__ == "__main__":
         writer.add_scalar("p3o/effective_horizon", ((ks * w).sum() / w.sum().clamp(min=1e-12)).item(), global_step)
         writer.add_scalar("p3o/credited_steps", (weight_k > 0).sum().item(), global_step)
         writer.add_scalar("p3o/explained_variance_mu0", explained_var_mu0, global_step)
+        if args.weight_rule == "action":  # each row's share of surprise its action explains, and the rows used
+            row_share = weight.amax(1)  # [T, N]
+            writer.add_scalar("p3o/action_share_mean", row_share.mean().item(), global_step)
+            writer.add_scalar("p3o/action_share_max", row_share.max().item(), global_step)
+            writer.add_scalar("p3o/complete_rows", b_used.float().mean().item(), global_step)
         for k in sorted({0, args.horizon - 1} | {2**i for i in range(args.horizon.bit_length()) if 2**i < args.horizon}):
             writer.add_scalar(f"p3o/sigma/k{k:03d}", sigma[k].item(), global_step)
             writer.add_scalar(f"p3o/weight/k{k:03d}", w[k].item(), global_step)

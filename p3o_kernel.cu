@@ -61,13 +61,15 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 //           = mu_next[t+k-T]          past the rollout's end (bootstrap)      (not known)
 //   the row stops after a truncation: later k are neither known nor used.
 //   A_t = sum_k weight[k] * (y_{t+k} - mu_t[k]) / norm_t,
-//   norm_t = sum (or max) of weight[k] over the row's usable k; A_t = 0 where norm_t = 0.
+//   norm_t = sum (or max) of weight[k] over the row's usable k; A_t = 0 where norm_t = 0;
+//   norm_t = 1 with normalize == false (weights that are already shares in [0, 1]: p3o.py's
+//   --weight-rule action).
 // weight is the unnormalized P3O weight (docs/p3o.md): one value per k ([H]) or one per
 // (t, k, env) ([T, H, N]); the bindings check that it is finite and >= 0.
 // With weight == nullptr the row writes only targets, known and live (p3o_targets).
 // ---------------------------------------------------------------------------------------------
 HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
-                                bool per_state_weight, bool normalize_max,
+                                bool per_state_weight, bool normalize, bool normalize_max,
                                 const float* rewards, const float* terminations,
                                 const float* truncations, const float* mu,
                                 const float* mu_next, const float* weight,
@@ -108,7 +110,9 @@ HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
             norm = normalize_max ? fmaxf(norm, weight_k) : norm + weight_k;
         }
     }
-    if (weight) advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
+    if (!weight) return;
+    if (!normalize) norm = 1.0f;
+    advantages[t * N + env] = norm > 0.0f ? weighted_error / norm : 0.0f;
 }
 
 #ifdef __CUDACC__
@@ -122,14 +126,15 @@ __global__ void gae_kernel(int T, int N, float gamma, float lam, const float* re
                 final_values, advantages);
 }
 
-__global__ void p3o_kernel(int T, int N, int H, bool per_state_weight, bool normalize_max,
+__global__ void p3o_kernel(int T, int N, int H, bool per_state_weight, bool normalize,
+                           bool normalize_max,
                            const float* rewards, const float* terminations,
                            const float* truncations, const float* mu, const float* mu_next,
                            const float* weight, float* advantages, float* targets,
                            float* known, float* live) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // = t * N + env
     if (idx < T * N)
-        p3o_row(idx / N, idx % N, T, N, H, per_state_weight, normalize_max, rewards,
+        p3o_row(idx / N, idx % N, T, N, H, per_state_weight, normalize, normalize_max, rewards,
                 terminations, truncations, mu, mu_next, weight, advantages, targets, known,
                 live);
 }
@@ -216,7 +221,7 @@ static void check_row_inputs(const torch::Tensor& rewards, const torch::Tensor& 
 // Runs p3o_row for every (t, env): the CUDA kernel for CUDA tensors, else the host loop.
 // Optional arrays are nullptr: weight and advantages (targets only), live (not wanted).
 static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, int H,
-                     bool per_state, bool normalize_max, const float* rewards,
+                     bool per_state, bool normalize, bool normalize_max, const float* rewards,
                      const float* terminations, const float* truncations, const float* mu,
                      const float* mu_next, const float* weight, float* advantages,
                      float* targets, float* known, float* live) {
@@ -226,7 +231,8 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
         const int threads = 256;
         p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
                      c10::cuda::getCurrentCUDAStream()>>>(
-            T, N, H, per_state, normalize_max, rewards, terminations, truncations, mu, mu_next,
+            T, N, H, per_state, normalize, normalize_max, rewards, terminations, truncations, mu,
+            mu_next,
             weight, advantages, targets, known, live);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
@@ -234,7 +240,7 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
 #endif
     at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
         for (int64_t idx = begin; idx < end; ++idx)
-            p3o_row(idx / N, idx % N, T, N, H, per_state, normalize_max, rewards, terminations,
+            p3o_row(idx / N, idx % N, T, N, H, per_state, normalize, normalize_max, rewards, terminations,
                     truncations, mu, mu_next, weight, advantages, targets, known, live);
     });
 }
@@ -242,7 +248,7 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
 std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor terminations,
                                          torch::Tensor truncations, torch::Tensor mu,
                                          torch::Tensor mu_next, torch::Tensor weight,
-                                         bool normalize_max) {
+                                         bool normalize_max, bool normalize) {
     TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", shape_str(mu.sizes()));
     const int T = mu.size(0), H = mu.size(1), N = mu.size(2);
     check_sizes(T, H, N, "mu [T, H, N]", shape_str(mu.sizes()));
@@ -261,7 +267,8 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
     auto advantages = torch::empty_like(rewards);
     auto targets = torch::empty_like(mu);
     auto known = torch::empty_like(mu);
-    p3o_rows(mu.is_cuda(), device, T, N, H, per_state, normalize_max, rewards.data_ptr<float>(),
+    p3o_rows(mu.is_cuda(), device, T, N, H, per_state, normalize, normalize_max,
+             rewards.data_ptr<float>(),
              terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
              mu_next.data_ptr<float>(), weight.data_ptr<float>(), advantages.data_ptr<float>(),
              targets.data_ptr<float>(), known.data_ptr<float>(), nullptr);
@@ -282,7 +289,7 @@ std::vector<torch::Tensor> p3o_targets(torch::Tensor rewards, torch::Tensor term
     auto targets = torch::empty({T, H, N}, rewards.options());
     auto known = torch::empty_like(targets);
     auto live = torch::empty_like(targets);
-    p3o_rows(rewards.is_cuda(), device, T, N, H, false, false, rewards.data_ptr<float>(),
+    p3o_rows(rewards.is_cuda(), device, T, N, H, false, false, false, rewards.data_ptr<float>(),
              terminations.data_ptr<float>(), truncations.data_ptr<float>(), nullptr,
              mu_next.data_ptr<float>(), nullptr, nullptr, targets.data_ptr<float>(),
              known.data_ptr<float>(), live.data_ptr<float>());
@@ -296,7 +303,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("p3o_advantage", &p3o_advantage,
           "P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu"),
-          py::arg("mu_next"), py::arg("weight"), py::arg("normalize_max"));
+          py::arg("mu_next"), py::arg("weight"), py::arg("normalize_max"),
+          py::arg("normalize") = true);
     m.def("p3o_targets", &p3o_targets,
           "P3O value targets, known-target mask and live-reward mask, each [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu_next"));

@@ -38,6 +38,7 @@ Registered ids (on import of this module; re-importing is harmless):
     DelayedChoice-malus{i}-v0     the control: choice i pays 0.9 instead (bonus_reward 0.9). A learner
                                   that credits every delay alike avoids it; one biased towards delay i
                                   picks it anyway, and the return 0.9 shows it.
+    DelayedChoice-clock-malus{i}-v0   the control for the clock variants
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ def malus_id(choice):
     return f"DelayedChoice-malus{choice}-v0"
 
 
+def clock_malus_id(choice):
+    return f"DelayedChoice-clock-malus{choice}-v0"
+
+
 def _register():
     entry = f"{__name__ if __name__ != '__main__' else 'scripts.delayed_choice'}:DelayedChoice"
     if "DelayedChoice-v0" not in gym.registry:
@@ -159,6 +164,8 @@ def _register():
             gym.register(id=clock_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, clock=True))
         if malus_id(bonus) not in gym.registry:
             gym.register(id=malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9))
+        if clock_malus_id(bonus) not in gym.registry:
+            gym.register(id=clock_malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9, clock=True))
 
 
 _register()

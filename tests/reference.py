@@ -80,14 +80,14 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, norma
     weight_k = weight[k] (weight [H]) or weight[t, k, env] (weight [T, H, N]).
         A[t, env] = sum over usable k of weight_k * (y - mu[t, k, env]) / norm,
         norm = sum (normalize='sum') or max (normalize='max') of weight_k over usable k,
-        A = 0 where norm == 0.
+        A = 0 where norm == 0;  norm = 1 with normalize='none' (weights already fractions).
 
     rewards, terminations, truncations: [T, N]; mu: [T, H, N]; mu_next: [H, N];
     weight: [H] or [T, H, N]. Returns float64 tensors.
     (Inputs are turned into nested Python lists first, only so that the loops run fast enough.)
     """
-    if normalize not in ("sum", "max"):
-        raise ValueError(f"normalize must be 'sum' or 'max', got {normalize!r}")
+    if normalize not in ("sum", "max", "none"):
+        raise ValueError(f"normalize must be 'sum', 'max' or 'none', got {normalize!r}")
     T, H, N = _f64(mu).shape
     per_state = _f64(weight).dim() == 3
     rewards, terminations, truncations = (_f64(x).tolist() for x in (rewards, terminations, truncations))
@@ -127,6 +127,9 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, norma
                 usable_weights.append(weight_k)
                 targets[t, k, env] = y
                 known[t, k, env] = is_known
+            if normalize == "none":
+                advantages[t, env] = weighted_error
+                continue
             if normalize == "sum":
                 norm = sum(usable_weights)
             else:

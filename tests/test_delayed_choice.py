@@ -116,6 +116,9 @@ def test_malus_variant():
     env = gym.make(dc.malus_id(3)).unwrapped
     assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == [1.0, 1.0, 1.0, 0.9, 1.0]
     assert dc.optimal_return(bonus=3, bonus_reward=0.9) == 1.0
+    clock = gym.make(dc.clock_malus_id(3)).unwrapped  # the same payments, with the clock in the observation
+    assert clock.observation_space.shape == (6 + 102,)
+    assert [sum(play(clock, [c] + [0] * 100)[0]) for c in range(5)] == [1.0, 1.0, 1.0, 0.9, 1.0]
 
 
 def test_clock_variant():

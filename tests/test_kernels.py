@@ -32,8 +32,9 @@ def gae(kernels, rewards, values, terminations, truncations, next_value, final_v
 
 
 def p3o(kernels, rewards, terminations, truncations, mu, mu_next, weight, normalize):
+    """normalize: "sum", "max" or "none" (the binding's normalize_max and normalize flags)."""
     return kernels.p3o_advantage(
-        rewards, terminations, truncations, mu, mu_next, weight, normalize == "max"
+        rewards, terminations, truncations, mu, mu_next, weight, normalize == "max", normalize=normalize != "none"
     )
 
 
@@ -443,6 +444,7 @@ def per_state_inputs():
         # env 1: row 0: 0*1 + 4*2 = 8 (sum 4, max 4);  row 1: 4*2 + 0*8 = 8 (sum 4, max 4)
         ("sum", [[6 / 4, 8 / 4], [6 / 1.5, 8 / 4]]),
         ("max", [[6 / 2, 8 / 4], [6 / 1, 8 / 4]]),
+        ("none", [[6.0, 8.0], [6.0, 8.0]]),  # the weighted sums themselves (--weight-rule action)
     ],
 )
 def test_p3o_per_state_weight(kernels, normalize, expected_adv):
@@ -507,7 +509,7 @@ def test_p3o_no_leakage_across_envs(kernels, normalize, per_state):
         assert not torch.equal(a[..., 1], b[..., 1])
 
 
-@pytest.mark.parametrize("normalize", ["sum", "max"])
+@pytest.mark.parametrize("normalize", ["sum", "max", "none"])
 @pytest.mark.parametrize("per_state", [False, True])
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
 def test_p3o_random_vs_reference(kernels, seed, T, H, N, per_state, normalize):

@@ -38,7 +38,7 @@ def on(device, inputs):
 
 
 def p3o(kernels, inputs, normalize):
-    return kernels.p3o_advantage(**inputs, normalize_max=normalize == "max")
+    return kernels.p3o_advantage(**inputs, normalize_max=normalize == "max", normalize=normalize != "none")
 
 
 @pytest.mark.parametrize("seed, T, N", GAE_CASES)
@@ -56,7 +56,7 @@ def test_gae_cuda_many_envs_vs_reference(cuda_kernels):
     assert_close(out.cpu().double(), gae_reference(**inputs, gamma=gamma, lam=lam), **TOL)
 
 
-@pytest.mark.parametrize("normalize", ["sum", "max"])
+@pytest.mark.parametrize("normalize", ["sum", "max", "none"])
 @pytest.mark.parametrize("per_state", [False, True])
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
 def test_p3o_cuda_vs_reference(cuda_kernels, seed, T, H, N, per_state, normalize):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from p3o import chance_level, precision_weight, rollout_sigma2
+from p3o import action_weight, chance_level, complete_rows, precision_weight, rollout_sigma2
 from p3o_kernel_loader import load_kernels
 from reference import p3o_targets_reference
 
@@ -135,3 +135,84 @@ def test_precision_weight_nan_stops_the_run(shape):
     sigma2.view(-1)[1] = math.nan
     with pytest.raises(SystemExit, match=r"^error: the P3O weight is not finite \(1 NaN or inf"):
         precision_weight(sigma2, torch.tensor(1.0), 0.0)
+
+
+# =============================================================================================
+# --weight-rule action: action_weight (each row's share of surprise its action explains) and
+# complete_rows (the rows whose whole horizon lies inside the rollout)
+# =============================================================================================
+def action_weight_loop(tau2, s2):
+    """Slow reference: the formula of action_weight's docstring, one row at a time."""
+    T, H, N = tau2.shape
+    weight = torch.zeros(T, H, N)
+    measured = [k for k in range(H) if math.isfinite(s2[k].item())]
+    unexplained = sum(s2[k].item() for k in measured)
+    for t in range(T):
+        for env in range(N):
+            explained = sum(tau2[t, k, env].item() for k in measured)
+            share = explained / (explained + unexplained) if explained + unexplained > 0 else 0.0
+            for k in measured:
+                weight[t, k, env] = share
+    return weight
+
+
+def test_action_weight_by_hand():
+    # One env, T = 2, H = 3, k = 2 unmeasured (s2 = inf). Row 0: the action explains 0.3 + 0.1 of
+    # the variance at the measured k, 0.4 against 0.1 + 0.1 left unexplained: share 0.4 / 0.6.
+    # Row 1: the action changes nothing there (tau2 = 0): share 0. A large tau2 at the unmeasured
+    # k changes nothing.
+    tau2 = torch.tensor([[[0.3], [0.1], [5.0]], [[0.0], [0.0], [5.0]]])
+    s2 = torch.tensor([0.1, 0.1, math.inf])
+    expected = torch.tensor([[[2 / 3], [2 / 3], [0.0]], [[0.0], [0.0], [0.0]]])
+    assert_close(action_weight(tau2, s2), expected)
+
+
+def test_action_weight_ignores_predictability():
+    # Step k = 1 is exactly predictable (s2 -> 0): under the precision rule it would take all the
+    # weight; here the share only grows towards 1 as what the action explains dominates, never above.
+    tau2 = torch.tensor([[[0.2], [0.0]]])
+    for tiny in (1e-2, 1e-6, 0.0):
+        weight = action_weight(tau2, torch.tensor([0.2, tiny]))
+        assert weight.max().item() <= 0.5 + 1e-6  # 0.2 / (0.2 + 0.2 + tiny)
+        assert weight[0, 0, 0] == weight[0, 1, 0]  # one share for every measured k of the row
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_action_weight_random_vs_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    tau2 = torch.rand(5, 4, 3, generator=g) * (torch.rand(5, 4, 3, generator=g) > 0.5)
+    s2 = torch.rand(4, generator=g)
+    s2[3] = math.inf
+    assert_close(action_weight(tau2, s2), action_weight_loop(tau2, s2))
+
+
+def complete_rows_loop(terminations, truncations, horizon):
+    T, N = terminations.shape
+    out = torch.zeros(T, N, dtype=torch.bool)
+    for t in range(T):
+        for env in range(N):
+            ends = any(terminations[j, env] or truncations[j, env] for j in range(t, T))
+            out[t, env] = t + horizon <= T or ends
+    return out
+
+
+def test_complete_rows_by_hand():
+    # T = 5, H = 2. env 0: no end: rows 0..3 see k = 0, 1 inside the rollout, row 4 needs step 5.
+    # env 1: terminated at t = 4 (the last step): every row's future is known. env 2: truncated
+    # at t = 1: rows 0, 1 stop there; rows 2, 3 see their horizon; row 4 runs past the rollout.
+    terminations = torch.zeros(5, 3)
+    truncations = torch.zeros(5, 3)
+    terminations[4, 1] = 1
+    truncations[1, 2] = 1
+    expected = torch.tensor([[True, True, True]] * 4 + [[False, True, False]])
+    assert torch.equal(complete_rows(terminations, truncations, 2), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_complete_rows_random_vs_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    terminations = (torch.rand(12, 4, generator=g) < 0.1).float()
+    truncations = (torch.rand(12, 4, generator=g) < 0.1).float()
+    for horizon in (1, 3, 12, 20):
+        assert torch.equal(complete_rows(terminations, truncations, horizon),
+                           complete_rows_loop(terminations, truncations, horizon))

@@ -37,7 +37,12 @@ CLEANRL_METRICS = {
 
 @pytest.mark.parametrize(
     "script,extra",
-    [("ppo_gae.py", []), ("p3o.py", ["--horizon", "64"]), ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma"])],
+    [
+        ("ppo_gae.py", []),
+        ("p3o.py", ["--horizon", "64"]),
+        ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma"]),
+        ("p3o.py", ["--weight-rule", "action", "--horizon", "16"]),
+    ],
 )
 def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     result = run(script, *TINY, *extra, "--save-model", cwd=tmp_path)
@@ -48,8 +53,10 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     tags = scalars(run_dir)
     assert CLEANRL_METRICS <= tags
     if script == "p3o.py":
-        last_k = 63 if "--horizon" in extra else 31
+        last_k = int(extra[extra.index("--horizon") + 1]) - 1 if "--horizon" in extra else 31
         assert {"p3o/sigma_r", "p3o/effective_horizon", "p3o/sigma/k000", f"p3o/weight/k{last_k:03d}"} <= tags
+        action_rule_tags = {"p3o/action_share_mean", "p3o/action_share_max", "p3o/complete_rows"}
+        assert action_rule_tags <= tags if "action" in extra else not action_rule_tags & tags
     checkpoint = next(run_dir.glob("*.pt"))
     evaluation = run(script, "--eval-checkpoint", str(checkpoint), "--eval-episodes", "1", "--device", "cpu", cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
@@ -69,6 +76,8 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("p3o.py", ["--gamma", "0.99"], "--gamma"),  # P3O has no gamma
         ("p3o.py", ["--advantage-sigma", "oracle"], "invalid choice 'oracle'"),
         ("p3o.py", ["--state-sigma"], "--state-sigma needs --advantage-sigma learned"),
+        ("p3o.py", ["--weight-rule", "action", "--horizon", "128"], "--weight-rule action needs --horizon at most half"),
+        ("p3o.py", ["--weight-rule", "action", "--advantage-sigma", "learned"], "it needs --advantage-sigma rollout"),
         ("ppo_gae.py", ["--batch-size", "64"], "Unrecognized"),  # computed, not a flag
         ("ppo_gae.py", ["--env-id", "Pendulum-v1", "--device", "cpu"], "Pendulum-v1 has the action space Box"),
         ("p3o.py", ["--resume", "auto"], "--resume auto needs --run-name"),

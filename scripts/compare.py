@@ -300,13 +300,16 @@ class Store:
             self.results.pop(key, None)
         self.save()
 
-    def save(self):
+    def save(self, results_changed=True):
+        """Write runs.csv, and results.csv.gz unless `results_changed` is False (a status change of
+        unfinished runs, which have no results rows: the large gzipped file is then left as it is)."""
         self.out.mkdir(parents=True, exist_ok=True)
         keys = sorted(self.runs, key=self.exp.order)
         results = [r for k in keys if self.finished(k) for r in self.results.get(k, [])]
         runs = [self.runs[k] for k in keys]
         with sigint_deferred():  # results first: rows of a run count only once runs.csv says finished
-            replace_atomic(self.results_path, lambda tmp: write_csv(tmp, self.exp.result_columns, results))
+            if results_changed or self.migrate or not self.results_path.exists():
+                replace_atomic(self.results_path, lambda tmp: write_csv(tmp, self.exp.result_columns, results))
             replace_atomic(self.runs_path, lambda tmp: write_csv(tmp, self.exp.run_columns, runs))
             if self.migrate:
                 self.legacy_path.unlink(missing_ok=True)
@@ -510,7 +513,7 @@ def mark_started(start_log, pending, store: Store):
     for row in rows:
         row["status"] = "running"
     if rows:
-        store.save()
+        store.save(results_changed=False)
 
 
 def execute(runs, store: Store, args):

@@ -460,7 +460,7 @@ def action_weight(tau2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
     measured = torch.isfinite(s2)
     explained = (tau2 * measured[None, :, None]).sum(1, keepdim=True)  # [T, 1, N]
     gate = explained / (explained + s2[measured].sum()).clamp(min=1e-12)
-    return (gate * measured[None, :, None]).expand_as(tau2).contiguous()
+    return gate * measured[None, :, None]  # [T, 1, N] x [1, H, 1]: a new contiguous [T, H, N]
 
 
 def complete_rows(terminations: torch.Tensor, truncations: torch.Tensor, horizon: int) -> torch.Tensor:

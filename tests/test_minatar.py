@@ -57,6 +57,46 @@ def test_minatar_env_keeps_minatars_settings(game):
     env.close()
 
 
+@pytest.mark.parametrize("module", [ppo_gae, p3o])
+@pytest.mark.parametrize("probability", [0.0, 0.1, 0.5])
+def test_minatar_sticky_prob_reaches_every_env(module, probability):
+    args = module.Args(env_id="MinAtar/Breakout-v1", num_envs=2, minatar_sticky_prob=probability)
+    envs = module.make_envs(args)
+    assert [env.unwrapped.game.sticky_action_prob for env in envs.envs] == [probability, probability]
+    envs.close()
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.1])
+def test_minatar_sticky_prob_decides_how_often_the_last_action_repeats(probability):
+    # Breakout's paddle moves one cell per 'l' or 'r': count the steps where it did not follow the command
+    kind, env_id = ppo_gae.resolve_env_id("MinAtar/Breakout-v1")
+    env = ppo_gae.make_env(kind, env_id, False, minatar_sticky_prob=probability)()
+    env.reset(seed=0)
+    game = env.unwrapped.game.env
+    left, right = (env.unwrapped.game.minimal_action_set().index(a) for a in (1, 3))  # MinAtar's 'l' and 'r'
+    disobeyed, steps = 0, 2000
+    for step in range(steps):
+        before = game.pos
+        action = left if step % 2 else right  # alternate, so a repeated action moves the wrong way
+        _, _, terminated, truncated, _ = env.step(action)
+        disobeyed += game.pos != (max(0, before - 1) if action == left else min(9, before + 1))
+        if terminated or truncated:
+            env.reset()
+    if probability == 0.0:
+        assert disobeyed == 0
+    else:  # a repeat of the other command: about probability * steps (200 expected; 5 sigma is 67)
+        assert 133 < disobeyed < 267, disobeyed
+    env.close()
+
+
+@pytest.mark.parametrize("module", [ppo_gae, p3o])
+@pytest.mark.parametrize("probability", [-0.1, 1.5])
+def test_minatar_sticky_prob_out_of_range_is_rejected(module, probability):
+    with pytest.raises(SystemExit) as excinfo:
+        module.check_args(module.Args(env_id="MinAtar/Breakout-v1", minatar_sticky_prob=probability))
+    assert f"--minatar-sticky-prob must be in [0, 1], got {probability}" in str(excinfo.value.code)
+
+
 def test_minatar_episodes_are_seeded():
     kind, env_id = ppo_gae.resolve_env_id("MinAtar/Asterix-v1")
     rollouts = []

@@ -150,3 +150,22 @@ def test_short_minatar_run(tmp_path, script):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step        256/256" in result.stdout
     assert "Overriding environment" not in result.stderr  # MinAtar registered once
+
+
+def test_flat_minatar_reaches_the_mlp_with_the_same_game():
+    # scripts/minatar_flat.py: the same game, the grid flattened, so the scripts build their flat-input MLPs
+    kind, env_id = ppo_gae.resolve_env_id("scripts.minatar_flat:MinAtarFlat/Breakout-v1")
+    assert kind == "gym"
+    flat = ppo_gae.make_env(kind, env_id, False)()
+    grid = ppo_gae.make_env(*ppo_gae.resolve_env_id("MinAtar/Breakout-v1"), False, minatar_sticky_prob=0.0)()
+    flat_obs, _ = flat.reset(seed=4)
+    grid_obs, _ = grid.reset(seed=4)
+    assert flat_obs.shape == (400,) and np.array_equal(flat_obs, grid_obs.reshape(-1))
+    assert flat.unwrapped.game.sticky_action_prob == 0.0
+    for action in [0, 1, 2, 2, 1, 0, 0, 2]:
+        flat_obs, flat_reward, *_ = flat.step(action)
+        grid_obs, grid_reward, *_ = grid.step(action)
+        assert np.array_equal(flat_obs, grid_obs.reshape(-1)) and flat_reward == grid_reward
+    envs = gym.vector.SyncVectorEnv([ppo_gae.make_env(kind, env_id, False)])
+    assert ppo_gae.Agent(envs).obs_kind == "flat"
+    envs.close(), flat.close(), grid.close()

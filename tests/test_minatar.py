@@ -1,5 +1,6 @@
 """MinAtar in both scripts: id resolution, MinAtar's own settings, the MinAtar network, a short run."""
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -169,3 +170,22 @@ def test_flat_minatar_reaches_the_mlp_with_the_same_game():
     envs = gym.vector.SyncVectorEnv([ppo_gae.make_env(kind, env_id, False)])
     assert ppo_gae.Agent(envs).obs_kind == "flat"
     envs.close(), flat.close(), grid.close()
+
+
+@pytest.mark.parametrize("script", ["ppo_gae.py", "p3o.py"])
+def test_breakout_trap_reads_a_saved_agent(tmp_path, script):
+    flags = ["--env-id", "MinAtar-Breakout", "--num-envs", "2", "--num-steps", "64", "--total-timesteps", "128"]
+    subprocess.run(
+        [sys.executable, str(ROOT / script), *flags, "--device", "cpu", "--save-model", "--run-name", "trap", "--exp-name", "agent"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "breakout_trap.py"), "runs/trap/agent.pt", "--games", "3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[::3]] == ["sampled", "greedy"]
+    for counts in lines[1::3] + lines[2::3]:  # each histogram counts the 3 games once
+        histogram = ast.literal_eval(counts[counts.index("{") :])
+        assert sum(histogram.values()) == 3

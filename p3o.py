@@ -87,8 +87,10 @@ class Args:
     (preprocessing is set by the flags here, not by the suffix); a MinAtar game (`MinAtar/Breakout-v1`,
     short `MinAtar-Breakout`); or any registered gymnasium id"""
     sticky_actions: bool = False
-    """Atari only: if toggled, v5-style sticky actions (the previous action repeats with probability 0.25);
-    MinAtar games always keep MinAtar's own sticky actions (probability 0.1)"""
+    """Atari only: if toggled, v5-style sticky actions (the previous action repeats with probability 0.25)"""
+    minatar_sticky_prob: float = 0.1
+    """MinAtar only: the probability that the previous action repeats instead of the chosen one
+    (MinAtar's default and the MinAtar paper's, 0.1; gymnax's MinAtar has none, 0)"""
 
     # Algorithm
     total_timesteps: int = 10_000_000
@@ -116,6 +118,10 @@ class Args:
     """the sigma[k] the advantage weighs by: `rollout`, the root-mean-square error of mu[k] on this
     rollout's rewards inside the episode (the value the learned sigma converges to, without its lag);
     `learned`, the value head's sigma, as the original P3O (docs/p3o.md)"""
+    sigma_min_rows: int = 0
+    """`--advantage-sigma rollout` only (experimental): an offset k measured on fewer live rows of the rollout
+    than this gets no weight. Offset k is measured only on the rows t < T - k, so the far ones rest on few
+    rewards (8 at k = T - 1 with 8 envs) and one small residual can take a row's weight; 0: every measured k"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -163,8 +169,14 @@ def check_args(args: Args) -> None:
                       f"{args.horizon}: its policy loss counts only the rows that see their whole horizon in the rollout")
     if args.weight_rule == "action" and args.advantage_sigma != "rollout":
         errors.append("--weight-rule action measures what the action leaves unexplained on the rollout: it needs --advantage-sigma rollout")
+    if args.sigma_min_rows < 0:
+        errors.append(f"--sigma-min-rows must not be negative, got {args.sigma_min_rows}")
+    if args.sigma_min_rows > 0 and args.advantage_sigma != "rollout":
+        errors.append("--sigma-min-rows counts the rollout's rows behind each sigma[k]: it needs --advantage-sigma rollout")
     if args.state_sigma and args.advantage_sigma != "learned":
         errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
+    if not 0.0 <= args.minatar_sticky_prob <= 1.0:
+        errors.append(f"--minatar-sticky-prob must be in [0, 1], got {args.minatar_sticky_prob}")
     for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
         if getattr(args, name) < 0:
             errors.append(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
@@ -286,13 +298,13 @@ class EpisodicLifeFireReset(gym.Wrapper):
         return obs, info
 
 
-def make_env(kind: str, env_id: str, sticky_actions: bool):
+def make_env(kind: str, env_id: str, sticky_actions: bool, minatar_sticky_prob: float = 0.1):
     def thunk():
         if kind == "gym":
             env = gym.make(env_id)
             return gym.wrappers.RecordEpisodeStatistics(env)
-        if kind == "minatar":  # MinAtar's own settings: sticky actions 0.1, difficulty ramping, unclipped rewards
-            env = gym.make(env_id, sticky_action_prob=0.1, difficulty_ramping=True)
+        if kind == "minatar":  # MinAtar's own settings (sticky actions 0.1 by default), difficulty ramping, unclipped rewards
+            env = gym.make(env_id, sticky_action_prob=minatar_sticky_prob, difficulty_ramping=True)
             return gym.wrappers.RecordEpisodeStatistics(env)
         env = gym.make(
             env_id,
@@ -426,16 +438,16 @@ def chance_level(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.var(correction=0)
 
 
-def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next) -> torch.Tensor:
+def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows: int = 1) -> torch.Tensor:
     """sigma[k]^2, [H]: the mean of (r_{t+k} - mu_t[k])^2 over the rollout's live rewards, those
     inside the rollout and inside t's episode (not the zeros after a termination, nothing after a
     truncation or past the rollout's end). It is the value the value loss's sigma[k] converges to,
-    without a learned sigma's lag. inf where k has no live reward (its weight is then 0).
-    rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
+    without a learned sigma's lag. inf where k has fewer than min_rows (at least 1) live rewards: its
+    weight is then 0. rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
     targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
     live_count = live.sum((0, 2))
     squared_error = (live * (targets - mus) ** 2).sum((0, 2))
-    return torch.where(live_count > 0, squared_error / live_count.clamp(min=1), torch.inf)
+    return torch.where(live_count >= max(min_rows, 1), squared_error / live_count.clamp(min=1), torch.inf)
 
 
 def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: float) -> torch.Tensor:
@@ -476,7 +488,7 @@ def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
     vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
     envs = vector_env(
-        [make_env(kind, env_id, args.sticky_actions) for _ in range(args.num_envs)],
+        [make_env(kind, env_id, args.sticky_actions, args.minatar_sticky_prob) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # obs after a done step is the new episode's first
     )
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
@@ -755,13 +767,13 @@ if __name__ == "__main__":
             mu_next = agent.get_value(next_obs).T.contiguous()  # [H, N]: predictions after the rollout
             sigma_r2 = chance_level(rewards)
             if args.advantage_sigma == "rollout":
-                sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
+                sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
             if args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
-                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next)
+                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows)
                 weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",

@@ -84,8 +84,10 @@ class Args:
     (preprocessing is set by the flags here, not by the suffix); a MinAtar game (`MinAtar/Breakout-v1`,
     short `MinAtar-Breakout`); or any registered gymnasium id"""
     sticky_actions: bool = False
-    """Atari only: if toggled, v5-style sticky actions (the previous action repeats with probability 0.25);
-    MinAtar games always keep MinAtar's own sticky actions (probability 0.1)"""
+    """Atari only: if toggled, v5-style sticky actions (the previous action repeats with probability 0.25)"""
+    minatar_sticky_prob: float = 0.1
+    """MinAtar only: the probability that the previous action repeats instead of the chosen one
+    (MinAtar's default and the MinAtar paper's, 0.1; gymnax's MinAtar has none, 0)"""
 
     # Algorithm
     total_timesteps: int = 10_000_000
@@ -143,6 +145,8 @@ def check_args(args: Args) -> None:
         errors.append(f"--gamma must be in (0, 1], got {args.gamma}")
     if not 0.0 <= args.gae_lambda <= 1.0:
         errors.append(f"--gae-lambda must be in [0, 1], got {args.gae_lambda}")
+    if not 0.0 <= args.minatar_sticky_prob <= 1.0:
+        errors.append(f"--minatar-sticky-prob must be in [0, 1], got {args.minatar_sticky_prob}")
     for name in ("clip_coef", "ent_coef", "vf_coef", "max_grad_norm"):
         if getattr(args, name) < 0:
             errors.append(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
@@ -264,13 +268,13 @@ class EpisodicLifeFireReset(gym.Wrapper):
         return obs, info
 
 
-def make_env(kind: str, env_id: str, sticky_actions: bool):
+def make_env(kind: str, env_id: str, sticky_actions: bool, minatar_sticky_prob: float = 0.1):
     def thunk():
         if kind == "gym":
             env = gym.make(env_id)
             return gym.wrappers.RecordEpisodeStatistics(env)
-        if kind == "minatar":  # MinAtar's own settings: sticky actions 0.1, difficulty ramping, unclipped rewards
-            env = gym.make(env_id, sticky_action_prob=0.1, difficulty_ramping=True)
+        if kind == "minatar":  # MinAtar's own settings (sticky actions 0.1 by default), difficulty ramping, unclipped rewards
+            env = gym.make(env_id, sticky_action_prob=minatar_sticky_prob, difficulty_ramping=True)
             return gym.wrappers.RecordEpisodeStatistics(env)
         env = gym.make(
             env_id,
@@ -370,7 +374,7 @@ def make_envs(args: Args):
     kind, env_id = resolve_env_id(args.env_id)
     vector_env = gym.vector.AsyncVectorEnv if kind == "atari" else gym.vector.SyncVectorEnv  # a process per Atari env
     envs = vector_env(
-        [make_env(kind, env_id, args.sticky_actions) for _ in range(args.num_envs)],
+        [make_env(kind, env_id, args.sticky_actions, args.minatar_sticky_prob) for _ in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # obs after a done step is the new episode's first
     )
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):

@@ -1,5 +1,6 @@
 """MinAtar in both scripts: id resolution, MinAtar's own settings, the MinAtar network, a short run."""
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -57,6 +58,46 @@ def test_minatar_env_keeps_minatars_settings(game):
     env.close()
 
 
+@pytest.mark.parametrize("module", [ppo_gae, p3o])
+@pytest.mark.parametrize("probability", [0.0, 0.1, 0.5])
+def test_minatar_sticky_prob_reaches_every_env(module, probability):
+    args = module.Args(env_id="MinAtar/Breakout-v1", num_envs=2, minatar_sticky_prob=probability)
+    envs = module.make_envs(args)
+    assert [env.unwrapped.game.sticky_action_prob for env in envs.envs] == [probability, probability]
+    envs.close()
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.1])
+def test_minatar_sticky_prob_decides_how_often_the_last_action_repeats(probability):
+    # Breakout's paddle moves one cell per 'l' or 'r': count the steps where it did not follow the command
+    kind, env_id = ppo_gae.resolve_env_id("MinAtar/Breakout-v1")
+    env = ppo_gae.make_env(kind, env_id, False, minatar_sticky_prob=probability)()
+    env.reset(seed=0)
+    game = env.unwrapped.game.env
+    left, right = (env.unwrapped.game.minimal_action_set().index(a) for a in (1, 3))  # MinAtar's 'l' and 'r'
+    disobeyed, steps = 0, 2000
+    for step in range(steps):
+        before = game.pos
+        action = left if step % 2 else right  # alternate, so a repeated action moves the wrong way
+        _, _, terminated, truncated, _ = env.step(action)
+        disobeyed += game.pos != (max(0, before - 1) if action == left else min(9, before + 1))
+        if terminated or truncated:
+            env.reset()
+    if probability == 0.0:
+        assert disobeyed == 0
+    else:  # a repeat of the other command: about probability * steps (200 expected; 5 sigma is 67)
+        assert 133 < disobeyed < 267, disobeyed
+    env.close()
+
+
+@pytest.mark.parametrize("module", [ppo_gae, p3o])
+@pytest.mark.parametrize("probability", [-0.1, 1.5])
+def test_minatar_sticky_prob_out_of_range_is_rejected(module, probability):
+    with pytest.raises(SystemExit) as excinfo:
+        module.check_args(module.Args(env_id="MinAtar/Breakout-v1", minatar_sticky_prob=probability))
+    assert f"--minatar-sticky-prob must be in [0, 1], got {probability}" in str(excinfo.value.code)
+
+
 def test_minatar_episodes_are_seeded():
     kind, env_id = ppo_gae.resolve_env_id("MinAtar/Asterix-v1")
     rollouts = []
@@ -110,3 +151,41 @@ def test_short_minatar_run(tmp_path, script):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step        256/256" in result.stdout
     assert "Overriding environment" not in result.stderr  # MinAtar registered once
+
+
+def test_flat_minatar_reaches_the_mlp_with_the_same_game():
+    # scripts/minatar_flat.py: the same game, the grid flattened, so the scripts build their flat-input MLPs
+    kind, env_id = ppo_gae.resolve_env_id("scripts.minatar_flat:MinAtarFlat/Breakout-v1")
+    assert kind == "gym"
+    flat = ppo_gae.make_env(kind, env_id, False)()
+    grid = ppo_gae.make_env(*ppo_gae.resolve_env_id("MinAtar/Breakout-v1"), False, minatar_sticky_prob=0.0)()
+    flat_obs, _ = flat.reset(seed=4)
+    grid_obs, _ = grid.reset(seed=4)
+    assert flat_obs.shape == (400,) and np.array_equal(flat_obs, grid_obs.reshape(-1))
+    assert flat.unwrapped.game.sticky_action_prob == 0.0
+    for action in [0, 1, 2, 2, 1, 0, 0, 2]:
+        flat_obs, flat_reward, *_ = flat.step(action)
+        grid_obs, grid_reward, *_ = grid.step(action)
+        assert np.array_equal(flat_obs, grid_obs.reshape(-1)) and flat_reward == grid_reward
+    envs = gym.vector.SyncVectorEnv([ppo_gae.make_env(kind, env_id, False)])
+    assert ppo_gae.Agent(envs).obs_kind == "flat"
+    envs.close(), flat.close(), grid.close()
+
+
+@pytest.mark.parametrize("script", ["ppo_gae.py", "p3o.py"])
+def test_breakout_trap_reads_a_saved_agent(tmp_path, script):
+    flags = ["--env-id", "MinAtar-Breakout", "--num-envs", "2", "--num-steps", "64", "--total-timesteps", "128"]
+    subprocess.run(
+        [sys.executable, str(ROOT / script), *flags, "--device", "cpu", "--save-model", "--run-name", "trap", "--exp-name", "agent"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "breakout_trap.py"), "runs/trap/agent.pt", "--games", "3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[::3]] == ["sampled", "greedy"]
+    for counts in lines[1::3] + lines[2::3]:  # each histogram counts the 3 games once
+        histogram = ast.literal_eval(counts[counts.index("{") :])
+        assert sum(histogram.values()) == 3

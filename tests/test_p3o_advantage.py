@@ -64,6 +64,15 @@ def test_rollout_sigma2_by_hand(kernels):
     sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
     assert_close(sigma2, torch.tensor([26.0, 44.25, 9.0, math.inf]), **EXACT)
     assert_close(precision_weight(sigma2, chance_level(rewards), 0.0), 1 / torch.tensor([26.0, 44.25, 9.0, math.inf]))
+    # min_rows = 2: k = 2 rests on one reward and gets no weight; k = 0 (9 rows) and k = 1 (4) stay
+    sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows=2)
+    assert_close(sigma2, torch.tensor([26.0, 44.25, math.inf, math.inf]), **EXACT)
+    # min_rows = 5: only k = 0; min_rows = 0 and 1 are the default (any live reward counts)
+    sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows=5)
+    assert_close(sigma2, torch.tensor([26.0, math.inf, math.inf, math.inf]), **EXACT)
+    for min_rows in (0, 1):
+        sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows=min_rows)
+        assert_close(sigma2, torch.tensor([26.0, 44.25, 9.0, math.inf]), **EXACT)
 
 
 def test_rollout_sigma2_subtracts_the_prediction_of_its_own_row(kernels):
@@ -76,27 +85,30 @@ def test_rollout_sigma2_subtracts_the_prediction_of_its_own_row(kernels):
     assert_close(sigma2, torch.tensor([0.625, 4.0]), **EXACT)
 
 
-def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next):
-    """Slow: for each k, the mean of (target - mu)^2 over the (t, env) the reference marks live."""
+def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows=1):
+    """Slow: for each k, the mean of (target - mu)^2 over the (t, env) the reference marks live, if
+    there are at least min_rows of them (else inf)."""
     targets, _, live = p3o_targets_reference(rewards, terminations, truncations, mu_next)
     T, H, N = targets.shape
     out = []
     for k in range(H):
         errors = [(targets[t, k, env] - float(mus[t, k, env])) ** 2 for t in range(T) for env in range(N) if live[t, k, env]]
-        out.append(sum(errors) / len(errors) if errors else math.inf)
+        out.append(sum(errors) / len(errors) if errors and len(errors) >= min_rows else math.inf)
     return torch.tensor(out, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("min_rows", [1, 6])
 @pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
-def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N):
+def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows):
     g = torch.Generator().manual_seed(seed)
     rewards = torch.randn(T, N, generator=g)
     terminations = (torch.rand(T, N, generator=g) < 0.15).float()
     truncations = (torch.rand(T, N, generator=g) < 0.1).float()
     mus = torch.randn(T, H, N, generator=g)
     mu_next = torch.randn(H, N, generator=g)
-    got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next)
-    assert_close(got.double(), rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next), rtol=1e-5, atol=1e-6)
+    got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows)
+    expected = rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows)
+    assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 # =============================================================================================

@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--seed", type=int, default=11)
     options = parser.parse_args()
-    checkpoint = torch.load(options.checkpoint, map_location="cpu", weights_only=False)
-    module = p3o if "horizon" in checkpoint["args"] else ppo_gae
+    checkpoint = torch.load(options.checkpoint, map_location="cpu", weights_only=True)  # tensors and plain values only
+    module = p3o if checkpoint.get("script", "p3o.py" if "horizon" in checkpoint["args"] else "ppo_gae.py") == "p3o.py" else ppo_gae
     args = dataclasses.replace(module.saved_args(checkpoint), num_envs=1)
     if "Breakout" not in args.env_id:
         sys.exit(f"error: {options.checkpoint} was trained on {args.env_id}, not MinAtar Breakout")

@@ -91,6 +91,11 @@ class Args:
     minatar_sticky_prob: float = 0.1
     """MinAtar only: the probability that the previous action repeats instead of the chosen one
     (MinAtar's default and the MinAtar paper's, 0.1; gymnax's MinAtar has none, 0)"""
+    mlp_width: int = 64
+    """flat observations only: the units of each of the two hidden layers of the actor's and the
+    critic's MLPs (CleanRL's 64; gymnax's MinAtar baselines use 256)"""
+    mlp_activation: Literal["tanh", "relu"] = "tanh"
+    """flat observations only: the MLPs' activation (CleanRL's tanh; gymnax's MinAtar baselines use relu)"""
 
     # Algorithm
     total_timesteps: int = 10_000_000
@@ -122,6 +127,10 @@ class Args:
     """`--advantage-sigma rollout` only (experimental): an offset k measured on fewer live rows of the rollout
     than this gets no weight. Offset k is measured only on the rows t < T - k, so the far ones rest on few
     rewards (8 at k = T - 1 with 8 envs) and one small residual can take a row's weight; 0: every measured k"""
+    sigma_prior_rows: float = 0.0
+    """`--advantage-sigma rollout` only (experimental): shrink each measured sigma[k]^2 toward the nearer
+    offset's, as if this many more rows had measured it there: (sum of squared errors + m sigma[k-1]^2) /
+    (live rows + m). A far k measured on few rows then weighs about what its neighbour does; 0: no shrinkage"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -155,7 +164,7 @@ def check_args(args: Args) -> None:
     """Reject bad values at once, with the flag's name, before anything is built."""
     resolve_env_id(args.env_id)  # exits with the closest valid names if unknown
     errors = []
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes", "mlp_width"):
         if getattr(args, name) < 1:
             errors.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.learning_rate <= 0:
@@ -173,6 +182,10 @@ def check_args(args: Args) -> None:
         errors.append(f"--sigma-min-rows must not be negative, got {args.sigma_min_rows}")
     if args.sigma_min_rows > 0 and args.advantage_sigma != "rollout":
         errors.append("--sigma-min-rows counts the rollout's rows behind each sigma[k]: it needs --advantage-sigma rollout")
+    if args.sigma_prior_rows < 0:
+        errors.append(f"--sigma-prior-rows must not be negative, got {args.sigma_prior_rows}")
+    if args.sigma_prior_rows > 0 and args.advantage_sigma != "rollout":
+        errors.append("--sigma-prior-rows shrinks the rollout-measured sigma[k]: it needs --advantage-sigma rollout")
     if args.state_sigma and args.advantage_sigma != "learned":
         errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
     if not 0.0 <= args.minatar_sticky_prob <= 1.0:
@@ -331,10 +344,10 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two 64-64 MLPs for
-    flat observations; then the actor and critic heads."""
+    """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two MLPs for flat
+    observations (64-64 tanh by default); then the actor and critic heads."""
 
-    def __init__(self, envs, horizon, state_sigma, action_head=False):
+    def __init__(self, envs, horizon, state_sigma, action_head=False, mlp_width=64, mlp_activation="tanh"):
         super().__init__()
         obs_space = envs.single_observation_space
         obs_shape = obs_space.shape
@@ -362,15 +375,16 @@ class Agent(nn.Module):
                 nn.ReLU(),
             )
             hidden = 128
-        else:  # flat observations: separate 64-64 torsos for the actor and the critic, as CleanRL's ppo.py
+        else:  # flat observations: separate two-layer torsos for the actor and the critic, as CleanRL's ppo.py
+            activation = nn.Tanh if mlp_activation == "tanh" else nn.ReLU
             mlp = lambda: nn.Sequential(  # noqa: E731
-                layer_init(nn.Linear(int(np.prod(obs_shape)), 64)),
-                nn.Tanh(),
-                layer_init(nn.Linear(64, 64)),
-                nn.Tanh(),
+                layer_init(nn.Linear(int(np.prod(obs_shape)), mlp_width)),
+                activation(),
+                layer_init(nn.Linear(mlp_width, mlp_width)),
+                activation(),
             )
             self.network, self.critic_network = mlp(), mlp()
-            hidden = 64
+            hidden = mlp_width
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = state_sigma
@@ -438,16 +452,27 @@ def chance_level(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.var(correction=0)
 
 
-def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows: int = 1) -> torch.Tensor:
+def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows: int = 1,
+                   prior_rows: float = 0.0) -> torch.Tensor:
     """sigma[k]^2, [H]: the mean of (r_{t+k} - mu_t[k])^2 over the rollout's live rewards, those
     inside the rollout and inside t's episode (not the zeros after a termination, nothing after a
     truncation or past the rollout's end). It is the value the value loss's sigma[k] converges to,
     without a learned sigma's lag. inf where k has fewer than min_rows (at least 1) live rewards: its
-    weight is then 0. rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
+    weight is then 0. With prior_rows m > 0 each measured k after the first is shrunk toward the
+    nearer offset's: sigma[k]^2 = (squared errors_k + m sigma[k-1]^2) / (live rows_k + m).
+    rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
     targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
     live_count = live.sum((0, 2))
     squared_error = (live * (targets - mus) ** 2).sum((0, 2))
-    return torch.where(live_count >= max(min_rows, 1), squared_error / live_count.clamp(min=1), torch.inf)
+    measured = live_count >= max(min_rows, 1)
+    sigma2 = torch.where(measured, squared_error / live_count.clamp(min=1), torch.inf)
+    if prior_rows > 0:  # H scalars in order of k, on the CPU: one copy, no per-k device sync
+        errors_k, rows_k, shrunk = squared_error.tolist(), live_count.tolist(), sigma2.tolist()
+        for k in range(1, len(shrunk)):
+            if shrunk[k] != float("inf") and shrunk[k - 1] != float("inf"):
+                shrunk[k] = (errors_k[k] + prior_rows * shrunk[k - 1]) / (rows_k[k] + prior_rows)
+        sigma2 = torch.tensor(shrunk, dtype=sigma2.dtype, device=sigma2.device)
+    return sigma2
 
 
 def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: float) -> torch.Tensor:
@@ -620,7 +645,8 @@ def evaluate(args: Args, device: torch.device) -> None:
     num_envs = min(args.eval_episodes, 8)
     train_args = dataclasses.replace(saved_args(checkpoint), num_envs=num_envs, seed=args.seed)
     envs = make_envs(train_args)
-    agent = Agent(envs, train_args.horizon, train_args.state_sigma, train_args.weight_rule == "action").to(device)
+    agent = Agent(envs, train_args.horizon, train_args.state_sigma, train_args.weight_rule == "action",
+                  train_args.mlp_width, train_args.mlp_activation).to(device)
     agent.load_state_dict(checkpoint["model"])
     games_per_env = [args.eval_episodes // num_envs + (i < args.eval_episodes % num_envs) for i in range(num_envs)]
     scores = [[] for _ in range(num_envs)]  # each env's first games_per_env[i] scores
@@ -700,7 +726,7 @@ if __name__ == "__main__":
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
         )
 
-    agent = Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action").to(device)
+    agent = Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action", args.mlp_width, args.mlp_activation).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     warned = False  # about an entropy collapse
 
@@ -767,13 +793,13 @@ if __name__ == "__main__":
             mu_next = agent.get_value(next_obs).T.contiguous()  # [H, N]: predictions after the rollout
             sigma_r2 = chance_level(rewards)
             if args.advantage_sigma == "rollout":
-                sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows)
+                sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
             if args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
-                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows)
+                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",

@@ -88,6 +88,11 @@ class Args:
     minatar_sticky_prob: float = 0.1
     """MinAtar only: the probability that the previous action repeats instead of the chosen one
     (MinAtar's default and the MinAtar paper's, 0.1; gymnax's MinAtar has none, 0)"""
+    mlp_width: int = 64
+    """flat observations only: the units of each of the two hidden layers of the actor's and the
+    critic's MLPs (CleanRL's 64; gymnax's MinAtar baselines use 256)"""
+    mlp_activation: Literal["tanh", "relu"] = "tanh"
+    """flat observations only: the MLPs' activation (CleanRL's tanh; gymnax's MinAtar baselines use relu)"""
 
     # Algorithm
     total_timesteps: int = 10_000_000
@@ -136,7 +141,7 @@ def check_args(args: Args) -> None:
     """Reject bad values at once, with the flag's name, before anything is built."""
     resolve_env_id(args.env_id)  # exits with the closest valid names if unknown
     errors = []
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes"):
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes", "mlp_width"):
         if getattr(args, name) < 1:
             errors.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.learning_rate <= 0:
@@ -301,10 +306,10 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two 64-64 MLPs for
-    flat observations; then the actor and critic heads."""
+    """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two MLPs for flat
+    observations (64-64 tanh by default); then the actor and critic heads."""
 
-    def __init__(self, envs):
+    def __init__(self, envs, mlp_width=64, mlp_activation="tanh"):
         super().__init__()
         obs_space = envs.single_observation_space
         obs_shape = obs_space.shape
@@ -332,15 +337,16 @@ class Agent(nn.Module):
                 nn.ReLU(),
             )
             hidden = 128
-        else:  # flat observations: separate 64-64 torsos for the actor and the critic, as CleanRL's ppo.py
+        else:  # flat observations: separate two-layer torsos for the actor and the critic, as CleanRL's ppo.py
+            activation = nn.Tanh if mlp_activation == "tanh" else nn.ReLU
             mlp = lambda: nn.Sequential(  # noqa: E731
-                layer_init(nn.Linear(int(np.prod(obs_shape)), 64)),
-                nn.Tanh(),
-                layer_init(nn.Linear(64, 64)),
-                nn.Tanh(),
+                layer_init(nn.Linear(int(np.prod(obs_shape)), mlp_width)),
+                activation(),
+                layer_init(nn.Linear(mlp_width, mlp_width)),
+                activation(),
             )
             self.network, self.critic_network = mlp(), mlp()
-            hidden = 64
+            hidden = mlp_width
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
         self.critic = layer_init(nn.Linear(hidden, 1), std=1)
 
@@ -506,7 +512,7 @@ def evaluate(args: Args, device: torch.device) -> None:
     num_envs = min(args.eval_episodes, 8)
     train_args = dataclasses.replace(saved_args(checkpoint), num_envs=num_envs, seed=args.seed)
     envs = make_envs(train_args)
-    agent = Agent(envs).to(device)
+    agent = Agent(envs, train_args.mlp_width, train_args.mlp_activation).to(device)
     agent.load_state_dict(checkpoint["model"])
     games_per_env = [args.eval_episodes // num_envs + (i < args.eval_episodes % num_envs) for i in range(num_envs)]
     scores = [[] for _ in range(num_envs)]  # each env's first games_per_env[i] scores
@@ -586,7 +592,7 @@ if __name__ == "__main__":
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
         )
 
-    agent = Agent(envs).to(device)
+    agent = Agent(envs, args.mlp_width, args.mlp_activation).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     warned = False  # about an entropy collapse
 

@@ -10,6 +10,7 @@ Takes checkpoints of either script (only the policy is used).
 import argparse
 import collections
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -27,13 +28,18 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--seed", type=int, default=11)
     options = parser.parse_args()
+    if not os.path.isfile(options.checkpoint):
+        sys.exit(f"error: no checkpoint file at {options.checkpoint}")
     checkpoint = torch.load(options.checkpoint, map_location="cpu", weights_only=True)  # tensors and plain values only
     module = p3o if checkpoint.get("script", "p3o.py" if "horizon" in checkpoint["args"] else "ppo_gae.py") == "p3o.py" else ppo_gae
     args = dataclasses.replace(module.saved_args(checkpoint), num_envs=1)
     if "Breakout" not in args.env_id:
         sys.exit(f"error: {options.checkpoint} was trained on {args.env_id}, not MinAtar Breakout")
     envs = module.make_envs(args)
-    agent = module.Agent(envs) if module is ppo_gae else module.Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action")
+    if module is ppo_gae:
+        agent = module.Agent(envs, args.mlp_width, args.mlp_activation)
+    else:
+        agent = module.Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action", args.mlp_width, args.mlp_activation)
     agent.load_state_dict(checkpoint["model"])
     game = envs.envs[0].unwrapped.game.env  # MinAtar's Breakout: brick_map holds the bricks left
     for mode in ("sampled", "greedy"):

@@ -189,3 +189,55 @@ def test_breakout_trap_reads_a_saved_agent(tmp_path, script):
     for counts in lines[1::3] + lines[2::3]:  # each histogram counts the 3 games once
         histogram = ast.literal_eval(counts[counts.index("{") :])
         assert sum(histogram.values()) == 3
+
+
+@pytest.mark.parametrize("module", [ppo_gae, p3o])
+def test_flat_mlp_width_and_activation(module):
+    # --mlp-width / --mlp-activation (gymnax's MinAtar baselines: 256-256 relu) shape both flat torsos alike
+    envs = gym.vector.SyncVectorEnv([module.make_env(*module.resolve_env_id("scripts.minatar_flat:MinAtarFlat/Breakout-v1"), False)])
+    extra = () if module is ppo_gae else (8, False, False)
+    agent = module.Agent(envs, *extra, mlp_width=256, mlp_activation="relu")
+    for torso in (agent.network, agent.critic_network):
+        first, act1, second, act2 = torso
+        assert (first.in_features, first.out_features, second.in_features, second.out_features) == (400, 256, 256, 256)
+        assert isinstance(act1, torch.nn.ReLU) and isinstance(act2, torch.nn.ReLU)
+    assert agent.actor.in_features == 256 and agent.critic.in_features == 256
+    default = module.Agent(envs, *extra)  # CleanRL's 64-64 tanh
+    assert default.network[0].out_features == 64 and isinstance(default.network[1], torch.nn.Tanh)
+    envs.close()
+
+
+@pytest.mark.parametrize("script", ["ppo_gae.py", "p3o.py"])
+def test_saved_agent_keeps_its_mlp(tmp_path, script):
+    # A checkpoint trained with --mlp-width 32 --mlp-activation relu is rebuilt with them when scored
+    flags = ["--env-id", "CartPole-v1", "--num-envs", "2", "--num-steps", "32", "--total-timesteps", "64",
+             "--mlp-width", "32", "--mlp-activation", "relu"]  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / script), *flags, "--device", "cpu", "--save-model", "--run-name", "mlp", "--exp-name", "agent"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--eval-checkpoint", "runs/mlp/agent.pt", "--eval-episodes", "2", "--device", "cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CartPole-v1: 2 games" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["ppo_gae.py", "p3o.py"])
+def test_mlp_width_must_be_positive(tmp_path, script):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--env-id", "CartPole-v1", "--mlp-width", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "--mlp-width must be" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_breakout_trap_without_a_checkpoint_says_so(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "breakout_trap.py"), "runs/none/agent.pt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "error: no checkpoint file at runs/none/agent.pt" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -73,6 +73,13 @@ def test_rollout_sigma2_by_hand(kernels):
     for min_rows in (0, 1):
         sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows=min_rows)
         assert_close(sigma2, torch.tensor([26.0, 44.25, 9.0, math.inf]), **EXACT)
+    # prior_rows = 2: each measured k after the first as if 2 more rows had measured the nearer offset's value:
+    # k = 1: (177 + 2 * 26) / (4 + 2) = 229 / 6; k = 2: (9 + 2 * 229 / 6) / (1 + 2) = 256 / 9; k = 3 stays inf
+    sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, prior_rows=2)
+    assert_close(sigma2, torch.tensor([26.0, 229 / 6, 256 / 9, math.inf]))
+    # with min_rows = 2 the unmeasured k = 2 stays inf: shrinkage never gives weight to an offset without it
+    sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows=2, prior_rows=2)
+    assert_close(sigma2, torch.tensor([26.0, 229 / 6, math.inf, math.inf]))
 
 
 def test_rollout_sigma2_subtracts_the_prediction_of_its_own_row(kernels):
@@ -85,29 +92,35 @@ def test_rollout_sigma2_subtracts_the_prediction_of_its_own_row(kernels):
     assert_close(sigma2, torch.tensor([0.625, 4.0]), **EXACT)
 
 
-def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows=1):
+def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows=1, prior_rows=0.0):
     """Slow: for each k, the mean of (target - mu)^2 over the (t, env) the reference marks live, if
-    there are at least min_rows of them (else inf)."""
+    there are at least min_rows of them (else inf); with prior_rows m, prior_rows more "rows" at the
+    previous k's value (when both are measured)."""
     targets, _, live = p3o_targets_reference(rewards, terminations, truncations, mu_next)
     T, H, N = targets.shape
     out = []
     for k in range(H):
         errors = [(targets[t, k, env] - float(mus[t, k, env])) ** 2 for t in range(T) for env in range(N) if live[t, k, env]]
-        out.append(sum(errors) / len(errors) if errors and len(errors) >= min_rows else math.inf)
+        if not errors or len(errors) < min_rows:
+            out.append(math.inf)
+        elif k > 0 and out[k - 1] != math.inf:
+            out.append((sum(errors) + prior_rows * out[k - 1]) / (len(errors) + prior_rows))
+        else:
+            out.append(sum(errors) / len(errors))
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("min_rows", [1, 6])
+@pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
 @pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
-def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows):
+def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows, prior_rows):
     g = torch.Generator().manual_seed(seed)
     rewards = torch.randn(T, N, generator=g)
     terminations = (torch.rand(T, N, generator=g) < 0.15).float()
     truncations = (torch.rand(T, N, generator=g) < 0.1).float()
     mus = torch.randn(T, H, N, generator=g)
     mu_next = torch.randn(H, N, generator=g)
-    got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows)
-    expected = rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows)
+    got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
+    expected = rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -129,8 +129,8 @@ class Args:
     rewards (8 at k = T - 1 with 8 envs) and one small residual can take a row's weight; 0: every measured k"""
     sigma_prior_rows: float = 0.0
     """`--advantage-sigma rollout` only (experimental): shrink each measured sigma[k]^2 toward the nearer
-    offset's, as if this many more rows had measured it there: (sum of squared errors + m sigma[k-1]^2) /
-    (live rows + m). A far k measured on few rows then weighs about what its neighbour does; 0: no shrinkage"""
+    offset's, as if m (this many) more rows had measured sigma[k-1]^2 at k: (sum of squared errors +
+    m sigma[k-1]^2) / (live rows + m). A far k measured on few rows then weighs about what its neighbour does; 0: no shrinkage"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""

@@ -421,8 +421,6 @@ class Agent(nn.Module):
         hidden, critic_hidden = self.features(x)
         probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
         q = self.critic_q(critic_hidden).view(-1, self.horizon, self.n_actions)  # [batch, H, A]
-        if os.environ.get("P3O_TAU") == "uniform":
-            probs = torch.full_like(probs, 1.0 / self.n_actions)
         q_mean = (probs * q).sum(-1, keepdim=True)
         tau2 = (probs * (q - q_mean) ** 2).sum(-1)
         q_taken = q.gather(-1, action.view(-1, 1, 1).expand(-1, self.horizon, 1)).squeeze(-1)
@@ -810,11 +808,6 @@ if __name__ == "__main__":
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)
         b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" else None
-        b_scale = None
-        if args.weight_rule == "action" and os.environ.get("P3O_NORM") == "surprise":
-            surprise, _, _ = kernels.p3o_advantage(rewards, terminations, truncations, mus, mu_next,
-                torch.isfinite(s2).float(), False, normalize=False)
-            b_scale = surprise.reshape(-1)
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -847,8 +840,7 @@ if __name__ == "__main__":
                 mb_advantages = b_advantages[mb_inds]
                 used = torch.ones_like(mb_advantages, dtype=torch.bool) if b_used is None else b_used[mb_inds]
                 if args.norm_adv and used.sum() > 1:  # normalized over the rows the policy loss counts
-                    scale = mb_advantages if b_scale is None else b_scale[mb_inds]
-                    mb_advantages = (mb_advantages - mb_advantages[used].mean()) / (scale[used].std() + 1e-8)
+                    mb_advantages = (mb_advantages - mb_advantages[used].mean()) / (mb_advantages[used].std() + 1e-8)
 
                 # Policy loss
                 pg_loss1 = -mb_advantages * ratio
@@ -893,7 +885,6 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("debug/grad_norm", losses[:, 3].mean().item(), global_step)
         # P3O diagnostics: where sigma[k] crosses sigma_r is the horizon the advantage credits
         sigma = sigma2.sqrt() if sigma2.dim() == 1 else sigma2.sqrt().mean((0, 2))  # [H], inf: unmeasured
         weight_k = weight if weight.dim() == 1 else weight.mean((0, 2))  # [H]

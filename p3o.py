@@ -391,8 +391,6 @@ class Agent(nn.Module):
         self.horizon, self.n_actions = args.horizon, envs.single_action_space.n
         if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
             self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
-            if os.environ.get("P3O_QTORSO") and self.obs_kind == "flat":
-                self.q_network = mlp()
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
@@ -422,8 +420,6 @@ class Agent(nn.Module):
         action taken, and tau2[k] = sum_a pi(a) (q[k, a] - qbar[k])^2, what the choice of action explains."""
         hidden, critic_hidden = self.features(x)
         probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
-        if hasattr(self, "q_network"):
-            critic_hidden = self.q_network(x.float().flatten(1))
         q = self.critic_q(critic_hidden).view(-1, self.horizon, self.n_actions)  # [batch, H, A]
         q_mean = (probs * q).sum(-1, keepdim=True)
         tau2 = (probs * (q - q_mean) ** 2).sum(-1)

@@ -472,26 +472,6 @@ def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, mi
             if shrunk[k] != float("inf") and shrunk[k - 1] != float("inf"):
                 shrunk[k] = (errors_k[k] + prior_rows * shrunk[k - 1]) / (rows_k[k] + prior_rows)
         sigma2 = torch.tensor(shrunk, dtype=sigma2.dtype, device=sigma2.device)
-    if os.environ.get("P3O_BOOTVAR") and mus.shape[1] > mus.shape[0]:
-        sigma2 = bootstrap_sigma2(sigma2, mus, mu_next, terminations, truncations)
-    return sigma2
-
-
-def bootstrap_sigma2(sigma2, mus, mu_next, terminations, truncations):
-    """prototype: sigma[k]^2 for k >= T by the law of total variance over the bootstrapped rows,
-    mean over (t, env) alive through T of sigma[j]^2 + (mu_next[j] - mu_t[k])^2, j = t + k - T."""
-    T, H, N = mus.shape
-    ends = (terminations + truncations) > 0
-    alive = ~ends.flip(0).cummax(0).values.flip(0)  # [T, N]: no episode end at t .. T-1
-    sigma2 = sigma2.clone()
-    t = torch.arange(T, device=mus.device)
-    for k in range(T, H):
-        j = t + k - T
-        prev = sigma2[j]  # [T]
-        ok = alive & torch.isfinite(prev)[:, None]
-        if ok.any():
-            e2 = torch.where(ok, prev[:, None] + (mu_next[j] - mus[:, k, :]) ** 2, torch.zeros_like(mus[:, k, :]))
-            sigma2[k] = e2.sum() / ok.sum()
     return sigma2
 
 
@@ -835,8 +815,6 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)
         b_targets = targets.permute(0, 2, 1).reshape(-1, args.horizon)  # [T*N, H]: y_{t+k}
         b_known = known.permute(0, 2, 1).reshape(-1, args.horizon)
-        if os.environ.get("P3O_VLOSS_KT"):  # prototype: the critic is not trained on offsets k >= T
-            b_known = b_known * (torch.arange(args.horizon, device=device) < args.num_steps)
         b_mus = mus.permute(0, 2, 1).reshape(-1, args.horizon)
 
         # Update: clipped PPO objective over minibatches

@@ -347,7 +347,7 @@ class Agent(nn.Module):
     """A shared Nature CNN for Atari frames, a shared MinAtar CNN for MinAtar grids, or two MLPs for flat
     observations (64-64 tanh by default); then the actor and critic heads."""
 
-    def __init__(self, envs, horizon, state_sigma, action_head=False, mlp_width=64, mlp_activation="tanh"):
+    def __init__(self, envs, args: Args):
         super().__init__()
         obs_space = envs.single_observation_space
         obs_shape = obs_space.shape
@@ -376,25 +376,25 @@ class Agent(nn.Module):
             )
             hidden = 128
         else:  # flat observations: separate two-layer torsos for the actor and the critic, as CleanRL's ppo.py
-            activation = nn.Tanh if mlp_activation == "tanh" else nn.ReLU
+            activation = nn.Tanh if args.mlp_activation == "tanh" else nn.ReLU
             mlp = lambda: nn.Sequential(  # noqa: E731
-                layer_init(nn.Linear(int(np.prod(obs_shape)), mlp_width)),
+                layer_init(nn.Linear(int(np.prod(obs_shape)), args.mlp_width)),
                 activation(),
-                layer_init(nn.Linear(mlp_width, mlp_width)),
+                layer_init(nn.Linear(args.mlp_width, args.mlp_width)),
                 activation(),
             )
             self.network, self.critic_network = mlp(), mlp()
-            hidden = mlp_width
+            hidden = args.mlp_width
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
-        self.critic = layer_init(nn.Linear(hidden, horizon), std=1)  # mu[k]: predicted r_{t+k}
-        self.state_sigma = state_sigma
-        self.horizon, self.n_actions = horizon, envs.single_action_space.n
-        if action_head:  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
-            self.critic_q = layer_init(nn.Linear(hidden, horizon * self.n_actions), std=0.01)
-        if state_sigma:
-            self.critic_log_sigma = layer_init(nn.Linear(hidden, horizon), std=0.01)
+        self.critic = layer_init(nn.Linear(hidden, args.horizon), std=1)  # mu[k]: predicted r_{t+k}
+        self.state_sigma = args.state_sigma
+        self.horizon, self.n_actions = args.horizon, envs.single_action_space.n
+        if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
+            self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
+        if args.state_sigma:
+            self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
-            self.log_sigma = nn.Parameter(torch.zeros(horizon))  # log sigma[k], shared by all states
+            self.log_sigma = nn.Parameter(torch.zeros(self.horizon))  # log sigma[k], shared by all states
 
     def features(self, x):
         """(actor features, critic features): the CNNs are shared, the MLPs are not."""
@@ -645,8 +645,7 @@ def evaluate(args: Args, device: torch.device) -> None:
     num_envs = min(args.eval_episodes, 8)
     train_args = dataclasses.replace(saved_args(checkpoint), num_envs=num_envs, seed=args.seed)
     envs = make_envs(train_args)
-    agent = Agent(envs, train_args.horizon, train_args.state_sigma, train_args.weight_rule == "action",
-                  train_args.mlp_width, train_args.mlp_activation).to(device)
+    agent = Agent(envs, train_args).to(device)
     agent.load_state_dict(checkpoint["model"])
     games_per_env = [args.eval_episodes // num_envs + (i < args.eval_episodes % num_envs) for i in range(num_envs)]
     scores = [[] for _ in range(num_envs)]  # each env's first games_per_env[i] scores
@@ -726,7 +725,7 @@ if __name__ == "__main__":
             "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
         )
 
-    agent = Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action", args.mlp_width, args.mlp_activation).to(device)
+    agent = Agent(envs, args).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     warned = False  # about an entropy collapse
 

@@ -36,10 +36,7 @@ def main() -> None:
     if "Breakout" not in args.env_id:
         sys.exit(f"error: {options.checkpoint} was trained on {args.env_id}, not MinAtar Breakout")
     envs = module.make_envs(args)
-    if module is ppo_gae:
-        agent = module.Agent(envs, args.mlp_width, args.mlp_activation)
-    else:
-        agent = module.Agent(envs, args.horizon, args.state_sigma, args.weight_rule == "action", args.mlp_width, args.mlp_activation)
+    agent = module.Agent(envs, args)
     agent.load_state_dict(checkpoint["model"])
     game = envs.envs[0].unwrapped.game.env  # MinAtar's Breakout: brick_map holds the bricks left
     for mode in ("sampled", "greedy"):

@@ -119,7 +119,7 @@ def test_minatar_network_is_one_conv_then_128_units(module):
     envs = gym.vector.SyncVectorEnv(
         [module.make_env(*module.resolve_env_id("MinAtar/Seaquest-v1"), False) for _ in range(2)]
     )
-    agent = module.Agent(envs) if module is ppo_gae else module.Agent(envs, 8, False)
+    agent = module.Agent(envs, module.Args(horizon=8) if module is p3o else module.Args())
     assert agent.obs_kind == "minatar"
     conv, _, _, linear, _ = agent.network
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (10, 16, (3, 3), (1, 1))
@@ -168,7 +168,7 @@ def test_flat_minatar_reaches_the_mlp_with_the_same_game():
         grid_obs, grid_reward, *_ = grid.step(action)
         assert np.array_equal(flat_obs, grid_obs.reshape(-1)) and flat_reward == grid_reward
     envs = gym.vector.SyncVectorEnv([ppo_gae.make_env(kind, env_id, False)])
-    assert ppo_gae.Agent(envs).obs_kind == "flat"
+    assert ppo_gae.Agent(envs, ppo_gae.Args()).obs_kind == "flat"
     envs.close(), flat.close(), grid.close()
 
 
@@ -195,14 +195,14 @@ def test_breakout_trap_reads_a_saved_agent(tmp_path, script):
 def test_flat_mlp_width_and_activation(module):
     # --mlp-width / --mlp-activation (gymnax's MinAtar baselines: 256-256 relu) shape both flat torsos alike
     envs = gym.vector.SyncVectorEnv([module.make_env(*module.resolve_env_id("scripts.minatar_flat:MinAtarFlat/Breakout-v1"), False)])
-    extra = () if module is ppo_gae else (8, False, False)
-    agent = module.Agent(envs, *extra, mlp_width=256, mlp_activation="relu")
+    extra = {} if module is ppo_gae else {"horizon": 8}
+    agent = module.Agent(envs, module.Args(**extra, mlp_width=256, mlp_activation="relu"))
     for torso in (agent.network, agent.critic_network):
         first, act1, second, act2 = torso
         assert (first.in_features, first.out_features, second.in_features, second.out_features) == (400, 256, 256, 256)
         assert isinstance(act1, torch.nn.ReLU) and isinstance(act2, torch.nn.ReLU)
     assert agent.actor.in_features == 256 and agent.critic.in_features == 256
-    default = module.Agent(envs, *extra)  # CleanRL's 64-64 tanh
+    default = module.Agent(envs, module.Args(**extra))  # CleanRL's 64-64 tanh
     assert default.network[0].out_features == 64 and isinstance(default.network[1], torch.nn.Tanh)
     envs.close()
 

@@ -803,6 +803,8 @@ if __name__ == "__main__":
         mus_for_advantage = mus
         if os.environ.get("P3O_LAMBDA"):  # PROTOTYPE: lambda-surprise e_t[k] = d_t[k] + lam * e_{t+1}[k-1]
             lam = float(os.environ["P3O_LAMBDA"])
+            if iteration == start_iteration + 1:
+                print(f"PROTOTYPE P3O_LAMBDA={lam}", flush=True)
             with torch.no_grad():
                 y, _, _ = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
                 e_lam = torch.zeros_like(mus)

@@ -800,25 +800,8 @@ if __name__ == "__main__":
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)
-        mus_for_advantage = mus
-        if os.environ.get("P3O_LAMBDA"):  # PROTOTYPE: lambda-surprise e_t[k] = d_t[k] + lam * e_{t+1}[k-1]
-            lam = float(os.environ["P3O_LAMBDA"])
-            if iteration == start_iteration + 1:
-                print(f"PROTOTYPE P3O_LAMBDA={lam}", flush=True)
-            with torch.no_grad():
-                y, _, _ = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
-                e_lam = torch.zeros_like(mus)
-                e_next = torch.zeros_like(mu_next)
-                for t in reversed(range(args.num_steps)):
-                    mu_after = mus[t + 1] if t < args.num_steps - 1 else mu_next
-                    alive = 1 - terminations[t]
-                    cont = alive * (1 - truncations[t])
-                    e_lam[t, 0] = rewards[t] - mus[t, 0]
-                    e_lam[t, 1:] = alive * mu_after[:-1] - mus[t, 1:] + lam * cont * e_next[:-1]
-                    e_next = e_lam[t]
-                mus_for_advantage = (y - e_lam).contiguous()  # so that the kernel's y - mu is the lambda-surprise
         advantages, targets, known = kernels.p3o_advantage(
-            rewards, terminations, truncations, mus_for_advantage, mu_next, weight, args.normalization == "max",
+            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
             normalize=args.weight_rule == "precision",
         )
 

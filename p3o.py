@@ -386,9 +386,9 @@ class Agent(nn.Module):
             self.network, self.critic_network = mlp(), mlp()
             hidden = args.mlp_width
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
-        self.critic = layer_init(nn.Linear(hidden, args.horizon), std=1)  # mu[k]: predicted r_{t+k}
-        self.state_sigma = args.state_sigma
         self.horizon, self.n_actions = args.horizon, envs.single_action_space.n
+        self.critic = layer_init(nn.Linear(hidden, self.horizon), std=1)  # mu[k]: predicted r_{t+k}
+        self.state_sigma = args.state_sigma
         if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
             self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
         if args.state_sigma:

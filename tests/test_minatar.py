@@ -119,7 +119,7 @@ def test_minatar_network_is_one_conv_then_128_units(module):
     envs = gym.vector.SyncVectorEnv(
         [module.make_env(*module.resolve_env_id("MinAtar/Seaquest-v1"), False) for _ in range(2)]
     )
-    agent = module.Agent(envs, module.Args(horizon=8) if module is p3o else module.Args())
+    agent = module.Agent(envs, module.Args())
     assert agent.obs_kind == "minatar"
     conv, _, _, linear, _ = agent.network
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (10, 16, (3, 3), (1, 1))
@@ -195,14 +195,13 @@ def test_breakout_trap_reads_a_saved_agent(tmp_path, script):
 def test_flat_mlp_width_and_activation(module):
     # --mlp-width / --mlp-activation (gymnax's MinAtar baselines: 256-256 relu) shape both flat torsos alike
     envs = gym.vector.SyncVectorEnv([module.make_env(*module.resolve_env_id("scripts.minatar_flat:MinAtarFlat/Breakout-v1"), False)])
-    extra = {} if module is ppo_gae else {"horizon": 8}
-    agent = module.Agent(envs, module.Args(**extra, mlp_width=256, mlp_activation="relu"))
+    agent = module.Agent(envs, module.Args(mlp_width=256, mlp_activation="relu"))
     for torso in (agent.network, agent.critic_network):
         first, act1, second, act2 = torso
         assert (first.in_features, first.out_features, second.in_features, second.out_features) == (400, 256, 256, 256)
         assert isinstance(act1, torch.nn.ReLU) and isinstance(act2, torch.nn.ReLU)
     assert agent.actor.in_features == 256 and agent.critic.in_features == 256
-    default = module.Agent(envs, module.Args(**extra))  # CleanRL's 64-64 tanh
+    default = module.Agent(envs, module.Args())  # CleanRL's 64-64 tanh
     assert default.network[0].out_features == 64 and isinstance(default.network[1], torch.nn.Tanh)
     envs.close()
 

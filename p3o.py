@@ -795,6 +795,7 @@ if __name__ == "__main__":
 
         # Advantage: P3O, computed by the kernel in p3o_kernel.cu (docs/p3o.md)
         #   weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2),   A_t = sum_k w_t[k] (y_{t+k} - mu_t[k])
+        #   (--surprise-lambda below 1: the lambda-surprise e_t[k] in place of y_{t+k} - mu_t[k])
         with torch.no_grad():
             mu_next = agent.get_value(next_obs).T.contiguous()  # [H, N]: predictions after the rollout
             sigma_r2 = chance_level(rewards)

@@ -55,7 +55,7 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 }
 
 // ---------------------------------------------------------------------------------------------
-// P3O's lambda-surprise (p3o.py --surprise-lambda): one reward's diagonal, walked backwards.
+// P3O's lambda-surprise (p3o.py --surprise-lambda): one predicted reward's chain, walked backwards.
 // The surprise y_{t+k} - mu_t[k] telescopes into what each later step revealed about y_{t+k}:
 //   d_t[0] = r_t - mu_t[0],   d_t[k] = mu_{t+1}[k-1] - mu_t[k]   (k >= 1)
 //   where mu_{t+1}[k-1] is 0 if the step taken at t terminated the episode (known zeros) and

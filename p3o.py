@@ -131,6 +131,11 @@ class Args:
     """`--advantage-sigma rollout` only (experimental): shrink each measured sigma[k]^2 toward the nearer
     offset's, as if m (this many) more rows had measured sigma[k-1]^2 at k: (sum of squared errors +
     m sigma[k-1]^2) / (live rows + m). A far k measured on few rows then weighs about what its neighbour does; 0: no shrinkage"""
+    surprise_lambda: float = 1.0
+    """lambda in [0, 1] (experimental): discount the later steps' share of each surprise, as GAE's lambda does
+    for one value: e_t[k] = d_t[k] + lambda e_{t+1}[k-1], with d_t[k] = mu_{t+1}[k-1] - mu_t[k] (the change
+    of prediction step t caused) and d_t[0] = r_t - mu_t[0]; the advantage weighs e_t[k] in place of
+    y_{t+k} - mu_t[k]. 1: the observed surprise (P3O); below 1 it leans on the critic (docs/p3o.md)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""
@@ -186,6 +191,8 @@ def check_args(args: Args) -> None:
         errors.append(f"--sigma-prior-rows must not be negative, got {args.sigma_prior_rows}")
     if args.sigma_prior_rows > 0 and args.advantage_sigma != "rollout":
         errors.append("--sigma-prior-rows shrinks the rollout-measured sigma[k]: it needs --advantage-sigma rollout")
+    if not 0.0 <= args.surprise_lambda <= 1.0:
+        errors.append(f"--surprise-lambda must be in [0, 1], got {args.surprise_lambda}")
     if args.state_sigma and args.advantage_sigma != "learned":
         errors.append("--state-sigma needs --advantage-sigma learned (one rollout cannot measure a per-state sigma)")
     if not 0.0 <= args.minatar_sticky_prob <= 1.0:
@@ -788,6 +795,7 @@ if __name__ == "__main__":
 
         # Advantage: P3O, computed by the kernel in p3o_kernel.cu (docs/p3o.md)
         #   weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2),   A_t = sum_k w_t[k] (y_{t+k} - mu_t[k])
+        #   (--surprise-lambda below 1: the lambda-surprise e_t[k] in place of y_{t+k} - mu_t[k])
         with torch.no_grad():
             mu_next = agent.get_value(next_obs).T.contiguous()  # [H, N]: predictions after the rollout
             sigma_r2 = chance_level(rewards)
@@ -802,7 +810,7 @@ if __name__ == "__main__":
                 weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
-            normalize=args.weight_rule == "precision",
+            normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
         )
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)

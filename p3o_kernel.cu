@@ -55,12 +55,53 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 }
 
 // ---------------------------------------------------------------------------------------------
+// P3O's lambda-surprise (p3o.py --surprise-lambda): one predicted reward's chain, walked backwards.
+// The surprise y_{t+k} - mu_t[k] telescopes into what each later step revealed about y_{t+k}:
+//   d_t[0] = r_t - mu_t[0],   d_t[k] = mu_{t+1}[k-1] - mu_t[k]   (k >= 1)
+//   where mu_{t+1}[k-1] is 0 if the step taken at t terminated the episode (known zeros) and
+//   mu_next[k-1] at the rollout's last step t = T - 1 (the bootstrap);
+//   surprise_t[k] = d_t[k] + lambda * surprise_{t+1}[k-1]   (no carry after an episode end or
+//   past the rollout), so lambda = 1 gives y_{t+k} - mu_t[k] and lambda = 0 the one-step change.
+// Every (t, k) with the same j = t + k (the step whose reward they predict) lies on one chain:
+// this function walks the chain of j for one env, from t = min(j, T-1) down to max(0, j-H+1).
+// Entries a row does not use (after a truncation inside it) are written as 0.
+// ---------------------------------------------------------------------------------------------
+HOST_DEVICE inline void p3o_surprise_chain(int j, int env, int T, int N, int H, float lam,
+                                           const float* rewards, const float* terminations,
+                                           const float* truncations, const float* mu,
+                                           const float* mu_next, float* surprise) {
+    float carry = 0.0f;  // surprise_{t+1}[k-1], 0 where nothing follows
+    const int t_first = j < T ? j : T - 1;
+    const int t_last = j - H + 1 > 0 ? j - H + 1 : 0;
+    for (int t = t_first; t >= t_last; --t) {
+        const int k = j - t;
+        const int i = t * N + env;
+        const int o = (t * H + k) * N + env;
+        float e;
+        if (k == 0) {
+            e = rewards[i] - mu[o];
+        } else if (terminations[i] != 0.0f) {
+            e = 0.0f - mu[o];  // the rest of the episode is known zeros
+        } else if (truncations[i] != 0.0f) {
+            e = 0.0f;  // the row stops at k = 0: this entry is not used
+        } else if (t == T - 1) {
+            e = mu_next[(k - 1) * N + env] - mu[o];
+        } else {
+            e = mu[((t + 1) * H + k - 1) * N + env] - mu[o] + lam * carry;
+        }
+        surprise[o] = e;
+        carry = e;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // P3O: one (t, env) row over the horizon k = 0 .. H-1.
 //   y_{t+k} = r_{t+k}                 inside the rollout, same episode        (known, live)
 //           = 0                       after a termination                     (known)
 //           = mu_next[t+k-T]          past the rollout's end (bootstrap)      (not known)
 //   the row stops after a truncation: later k are neither known nor used.
-//   A_t = sum_k weight[k] * (y_{t+k} - mu_t[k]) / norm_t,
+//   A_t = sum_k weight[k] * (y_{t+k} - mu_t[k]) / norm_t   (or surprise_t[k] in place of
+//         y_{t+k} - mu_t[k] when a lambda-surprise is given),
 //   norm_t = sum (or max) of weight[k] over the row's usable k; A_t = 0 where norm_t = 0;
 //   norm_t = 1 with normalize == false (weights that are already shares in [0, 1]: p3o.py's
 //   --weight-rule action).
@@ -72,7 +113,7 @@ HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
                                 bool per_state_weight, bool normalize, bool normalize_max,
                                 const float* rewards, const float* terminations,
                                 const float* truncations, const float* mu,
-                                const float* mu_next, const float* weight,
+                                const float* mu_next, const float* weight, const float* surprise,
                                 float* advantages, float* targets, float* known, float* live) {
     float weighted_error = 0.0f;
     float norm = 0.0f;
@@ -106,7 +147,7 @@ HOST_DEVICE inline void p3o_row(int t, int env, int T, int N, int H,
         if (live) live[o] = is_live;
         if (weight) {
             const float weight_k = per_state_weight ? weight[o] : weight[k];
-            weighted_error += weight_k * (y - mu[o]);
+            weighted_error += weight_k * (surprise ? surprise[o] : y - mu[o]);
             norm = normalize_max ? fmaxf(norm, weight_k) : norm + weight_k;
         }
     }
@@ -130,13 +171,22 @@ __global__ void p3o_kernel(int T, int N, int H, bool per_state_weight, bool norm
                            bool normalize_max,
                            const float* rewards, const float* terminations,
                            const float* truncations, const float* mu, const float* mu_next,
-                           const float* weight, float* advantages, float* targets,
-                           float* known, float* live) {
+                           const float* weight, const float* surprise, float* advantages,
+                           float* targets, float* known, float* live) {
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // = t * N + env
     if (idx < T * N)
         p3o_row(idx / N, idx % N, T, N, H, per_state_weight, normalize, normalize_max, rewards,
-                terminations, truncations, mu, mu_next, weight, advantages, targets, known,
-                live);
+                terminations, truncations, mu, mu_next, weight, surprise, advantages, targets,
+                known, live);
+}
+
+__global__ void p3o_surprise_kernel(int T, int N, int H, float lam, const float* rewards,
+                                    const float* terminations, const float* truncations,
+                                    const float* mu, const float* mu_next, float* surprise) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;  // = j * N + env
+    if (idx < (T + H - 1) * N)
+        p3o_surprise_chain(idx / N, idx % N, T, N, H, lam, rewards, terminations, truncations, mu,
+                           mu_next, surprise);
 }
 #endif
 
@@ -219,12 +269,13 @@ static void check_row_inputs(const torch::Tensor& rewards, const torch::Tensor& 
 }
 
 // Runs p3o_row for every (t, env): the CUDA kernel for CUDA tensors, else the host loop.
-// Optional arrays are nullptr: weight and advantages (targets only), live (not wanted).
+// Optional arrays are nullptr: weight and advantages (targets only), surprise (y - mu), live
+// (not wanted).
 static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, int H,
                      bool per_state, bool normalize, bool normalize_max, const float* rewards,
                      const float* terminations, const float* truncations, const float* mu,
-                     const float* mu_next, const float* weight, float* advantages,
-                     float* targets, float* known, float* live) {
+                     const float* mu_next, const float* weight, const float* surprise,
+                     float* advantages, float* targets, float* known, float* live) {
 #ifdef __CUDACC__
     if (on_cuda) {
         const c10::cuda::CUDAGuard guard(device);
@@ -232,8 +283,7 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
         p3o_kernel<<<(T * N + threads - 1) / threads, threads, 0,
                      c10::cuda::getCurrentCUDAStream()>>>(
             T, N, H, per_state, normalize, normalize_max, rewards, terminations, truncations, mu,
-            mu_next,
-            weight, advantages, targets, known, live);
+            mu_next, weight, surprise, advantages, targets, known, live);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
     }
@@ -241,14 +291,38 @@ static void p3o_rows(bool on_cuda, const torch::Device& device, int T, int N, in
     at::parallel_for(0, (int64_t)T * N, 256, [&](int64_t begin, int64_t end) {
         for (int64_t idx = begin; idx < end; ++idx)
             p3o_row(idx / N, idx % N, T, N, H, per_state, normalize, normalize_max, rewards, terminations,
-                    truncations, mu, mu_next, weight, advantages, targets, known, live);
+                    truncations, mu, mu_next, weight, surprise, advantages, targets, known, live);
+    });
+}
+
+// Runs p3o_surprise_chain for every (j, env), j = 0 .. T+H-2: every (t, k) lies on one chain.
+static void p3o_surprise_chains(bool on_cuda, const torch::Device& device, int T, int N, int H,
+                                float lam, const float* rewards, const float* terminations,
+                                const float* truncations, const float* mu, const float* mu_next,
+                                float* surprise) {
+    const int chains = (T + H - 1) * N;
+#ifdef __CUDACC__
+    if (on_cuda) {
+        const c10::cuda::CUDAGuard guard(device);
+        const int threads = 256;
+        p3o_surprise_kernel<<<(chains + threads - 1) / threads, threads, 0,
+                              c10::cuda::getCurrentCUDAStream()>>>(
+            T, N, H, lam, rewards, terminations, truncations, mu, mu_next, surprise);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+    }
+#endif
+    at::parallel_for(0, (int64_t)chains, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t idx = begin; idx < end; ++idx)
+            p3o_surprise_chain(idx / N, idx % N, T, N, H, lam, rewards, terminations, truncations,
+                               mu, mu_next, surprise);
     });
 }
 
 std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor terminations,
                                          torch::Tensor truncations, torch::Tensor mu,
                                          torch::Tensor mu_next, torch::Tensor weight,
-                                         bool normalize_max, bool normalize) {
+                                         bool normalize_max, bool normalize, double lam) {
     TORCH_CHECK(mu.dim() == 3, "mu must be [T, H, N], got ", shape_str(mu.sizes()));
     const int T = mu.size(0), H = mu.size(1), N = mu.size(2);
     check_sizes(T, H, N, "mu [T, H, N]", shape_str(mu.sizes()));
@@ -264,14 +338,27 @@ std::vector<torch::Tensor> p3o_advantage(torch::Tensor rewards, torch::Tensor te
                 "weight must be finite and >= 0 everywhere, got min ",
                 std::to_string(weight.min().item<float>()), ", max ",
                 std::to_string(weight.max().item<float>()));
+    TORCH_CHECK(lam >= 0.0 && lam <= 1.0, "lam (the surprise's lambda) must be in [0, 1], got ",
+                std::to_string(lam));
     auto advantages = torch::empty_like(rewards);
     auto targets = torch::empty_like(mu);
     auto known = torch::empty_like(mu);
+    // lam = 1 is the observed surprise y - mu, computed in the row itself: no extra pass.
+    torch::Tensor surprise;
+    if (lam < 1.0) {
+        surprise = torch::empty_like(mu);
+        p3o_surprise_chains(mu.is_cuda(), device, T, N, H, (float)lam, rewards.data_ptr<float>(),
+                            terminations.data_ptr<float>(), truncations.data_ptr<float>(),
+                            mu.data_ptr<float>(), mu_next.data_ptr<float>(),
+                            surprise.data_ptr<float>());
+    }
     p3o_rows(mu.is_cuda(), device, T, N, H, per_state, normalize, normalize_max,
              rewards.data_ptr<float>(),
              terminations.data_ptr<float>(), truncations.data_ptr<float>(), mu.data_ptr<float>(),
-             mu_next.data_ptr<float>(), weight.data_ptr<float>(), advantages.data_ptr<float>(),
-             targets.data_ptr<float>(), known.data_ptr<float>(), nullptr);
+             mu_next.data_ptr<float>(), weight.data_ptr<float>(),
+             surprise.defined() ? surprise.data_ptr<float>() : nullptr,
+             advantages.data_ptr<float>(), targets.data_ptr<float>(), known.data_ptr<float>(),
+             nullptr);
     return {advantages, targets, known};
 }
 
@@ -291,7 +378,7 @@ std::vector<torch::Tensor> p3o_targets(torch::Tensor rewards, torch::Tensor term
     auto live = torch::empty_like(targets);
     p3o_rows(rewards.is_cuda(), device, T, N, H, false, false, false, rewards.data_ptr<float>(),
              terminations.data_ptr<float>(), truncations.data_ptr<float>(), nullptr,
-             mu_next.data_ptr<float>(), nullptr, nullptr, targets.data_ptr<float>(),
+             mu_next.data_ptr<float>(), nullptr, nullptr, nullptr, targets.data_ptr<float>(),
              known.data_ptr<float>(), live.data_ptr<float>());
     return {targets, known, live};
 }
@@ -304,7 +391,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           "P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu"),
           py::arg("mu_next"), py::arg("weight"), py::arg("normalize_max"),
-          py::arg("normalize") = true);
+          py::arg("normalize") = true, py::arg("lam") = 1.0);
     m.def("p3o_targets", &p3o_targets,
           "P3O value targets, known-target mask and live-reward mask, each [T, H, N]",
           py::arg("rewards"), py::arg("terminations"), py::arg("truncations"), py::arg("mu_next"));

@@ -10,6 +10,8 @@ For each size (N envs x T steps, and H for P3O) it times, in the same run and on
                                 row's episode first ends (termination or truncation)
   - kernels.p3o_targets     vs  p3o_targets_vectorized: the same masks and targets, no advantage
                                 (p3o.py calls it first, to measure sigma on the live rewards)
+  - kernels.p3o_advantage with lam = 0.95 (p3o.py --surprise-lambda)  vs  p3o_lambda_vectorized: the
+                                lambda-surprise by a backward loop over t over all (k, env), then as above
   - the plain-loop references of tests/reference.py, on the smallest size only (they are slow).
 Before timing a size, the vectorized outputs are checked against the kernel's (torch.allclose); a
 mismatch is printed loudly and marked in the table (and the exit status is 1).
@@ -140,6 +142,24 @@ def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, n
     safe = torch.where(norm > 0, norm, 1.0)
     advantages = torch.where(norm > 0, weighted_error / safe, 0.0)
     return advantages, targets, known
+
+
+def p3o_lambda_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max, lam):
+    """P3O advantages with the lambda-surprise e_t[k] = d_t[k] + lam e_{t+1}[k-1] (p3o_kernel.cu),
+    e by a backward loop over t, then the weighted sum of p3o_vectorized with e in place of y - mu."""
+    T = rewards.shape[0]
+    term = (terminations != 0).float()
+    goes_on = (1 - term) * (truncations == 0).float()  # the episode goes on after step t
+    e = torch.empty_like(mu)
+    later = torch.zeros_like(mu_next)  # e_{t+1}, [H, N]
+    for t in range(T - 1, -1, -1):
+        mu_after = mu[t + 1] if t < T - 1 else mu_next
+        carry = goes_on[t] * later[:-1] if t < T - 1 else 0.0
+        e[t, 0] = rewards[t] - mu[t, 0]
+        e[t, 1:] = (1 - term[t]) * mu_after[:-1] - mu[t, 1:] + lam * carry
+        later = e[t]
+    targets, _, _, _ = p3o_rows_vectorized(rewards, terminations, truncations, mu_next)
+    return p3o_vectorized(rewards, terminations, truncations, targets - e, mu_next, precision, normalize_max)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +325,10 @@ def main(argv=None):
                     lambda: p3o_targets_vectorized(*targets_in),
                     (lambda: p3o_targets_reference(*targets_in)) if smallest and p3o_targets_reference else None,
                     p3o_targets_bytes(T, N, H), labels=("targets", "known", "live"))
+            measure("p3o_lambda", N, H, lambda: kernels.p3o_advantage(*p3o_in, normalize_max, lam=LAM),
+                    lambda: p3o_lambda_vectorized(*p3o_in, normalize_max, LAM),
+                    (lambda: p3o_reference(*p3o_in, args.normalization, lam=LAM)) if smallest and p3o_reference else None,
+                    p3o_bytes(T, N, H, args.per_state_precision))
             p3o_in = targets_in = None  # free this size's inputs before the next
             if cuda:
                 torch.cuda.empty_cache()

@@ -65,7 +65,7 @@ def gae_reference(rewards, values, terminations, truncations, next_value, final_
     return advantages
 
 
-def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, normalize):
+def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, normalize, lam=1.0):
     """P3O advantages [T, N], value targets [T, H, N] and known-target mask [T, H, N].
 
     For each row (t, env) and k = 0 .. H-1, with j = t + k (the step mu[t, k, env] predicts):
@@ -81,6 +81,7 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, norma
         A[t, env] = sum over usable k of weight_k * (y - mu[t, k, env]) / norm,
         norm = sum (normalize='sum') or max (normalize='max') of weight_k over usable k,
         A = 0 where norm == 0;  norm = 1 with normalize='none' (weights already fractions).
+    With lam < 1, surprise_lambda_reference's e[t, k, env] takes the place of y - mu[t, k, env].
 
     rewards, terminations, truncations: [T, N]; mu: [T, H, N]; mu_next: [H, N];
     weight: [H] or [T, H, N]. Returns float64 tensors.
@@ -89,6 +90,7 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, norma
     if normalize not in ("sum", "max", "none"):
         raise ValueError(f"normalize must be 'sum', 'max' or 'none', got {normalize!r}")
     T, H, N = _f64(mu).shape
+    surprise = surprise_lambda_reference(rewards, terminations, truncations, mu, mu_next, lam).tolist() if lam < 1 else None
     per_state = _f64(weight).dim() == 3
     rewards, terminations, truncations = (_f64(x).tolist() for x in (rewards, terminations, truncations))
     mu, mu_next, weight = (_f64(x).tolist() for x in (mu, mu_next, weight))
@@ -123,7 +125,7 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, norma
                 else:
                     y, is_known = mu_next[j - T][env], 0.0
                 weight_k = weight[t][k][env] if per_state else weight[k]
-                weighted_error += weight_k * (y - mu[t][k][env])
+                weighted_error += weight_k * (surprise[t][k][env] if surprise else y - mu[t][k][env])
                 usable_weights.append(weight_k)
                 targets[t, k, env] = y
                 known[t, k, env] = is_known
@@ -136,6 +138,48 @@ def p3o_reference(rewards, terminations, truncations, mu, mu_next, weight, norma
                 norm = max(usable_weights, default=0.0)
             advantages[t, env] = weighted_error / norm if norm > 0 else 0.0
     return advantages, targets, known
+
+
+def surprise_lambda_reference(rewards, terminations, truncations, mu, mu_next, lam):
+    """The lambda-surprise e [T, H, N] (p3o.py --surprise-lambda), by its forward sum.
+
+    The prediction of the reward of step j = t + k changes once per step, from mu_t[k] at t to
+    mu_{t+1}[k-1] at t+1 and so on until the reward itself is seen at j:
+        d_i[0] = r_i - mu_i[0]
+        d_i[m] = next_i[m-1] - mu_i[m]  (m >= 1), where next_i = 0 if the step taken at i terminated
+                 (known zeros), mu_{i+1} inside the rollout, mu_next at its last step i = T - 1
+        e_t[k] = sum_{i = t}^{L} lam^(i - t) * d_i[j - i]
+    where L is the first i >= t that ends the sum: i = j (the reward), a step i that ended the
+    episode, or i = T - 1 (past it only the bootstrap is known). With lam = 1 the sum telescopes
+    to y - mu_t[k] (p3o_reference's y). Entries after a truncation inside the row (not used by
+    the advantage) are 0. This is not the kernel's backward walk along each j.
+    """
+    T, H, N = _f64(mu).shape
+    rewards, terminations, truncations = (_f64(x).tolist() for x in (rewards, terminations, truncations))
+    mu, mu_next = (_f64(x).tolist() for x in (mu, mu_next))
+
+    def d(i, m, env):
+        if m == 0:
+            return rewards[i][env] - mu[i][0][env]
+        if terminations[i][env] != 0:
+            return 0.0 - mu[i][m][env]
+        return (mu[i + 1][m - 1][env] if i + 1 < T else mu_next[m - 1][env]) - mu[i][m][env]
+
+    e = torch.zeros(T, H, N, dtype=torch.float64)
+    for env in range(N):
+        for t in range(T):
+            for k in range(H):
+                j = t + k
+                ends = [i for i in range(t, min(j, T)) if terminations[i][env] != 0 or truncations[i][env] != 0]
+                if ends and terminations[ends[0]][env] == 0:
+                    continue  # the row stopped at a truncation before j: not used, left 0
+                total = 0.0
+                for i in range(t, min(j, T - 1) + 1):
+                    total += lam ** (i - t) * d(i, j - i, env)
+                    if terminations[i][env] != 0:
+                        break  # known zeros from here on: nothing later changes the prediction
+                e[t, k, env] = total
+    return e
 
 
 def p3o_targets_reference(rewards, terminations, truncations, mu_next):

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from cases import GAE_CASES, P3O_CASES, random_gae_inputs, random_p3o_inputs
 from p3o_kernel_loader import load_kernels
-from reference import gae_reference, p3o_reference, p3o_targets_reference
+from reference import gae_reference, p3o_reference, p3o_targets_reference, surprise_lambda_reference
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 EXACT = dict(rtol=0.0, atol=0.0)
@@ -548,6 +548,108 @@ def test_p3o_sum_and_max_differ_only_by_row_scale(kernels):
     a_max, t_max, k_max = p3o(kernels, normalize="max", **inputs)
     assert_close(a_sum * 3.75, a_max * 2.0, **TOL)
     assert torch.equal(t_sum, t_max) and torch.equal(k_sum, k_max)
+
+
+# =============================================================================================
+# P3O with the lambda-surprise (p3o.py --surprise-lambda), by hand. One env, T = 3, H = 2,
+# weight [1, 1] normalized by the sum, lambda = 0.5:
+#   rewards r = [1, 2, 4]; mu_0 = [0.5, 1], mu_1 = [1, 0.5], mu_2 = [2, 1]; mu_next = [3, 0.25].
+#   e_t[0] = r_t - mu_t[0]:  e_0[0] = 0.5, e_1[0] = 1, e_2[0] = 2
+#   e_2[1] = mu_next[0] - mu_2[1] = 2                                       (rollout's last step)
+#   e_1[1] = mu_2[0] - mu_1[1] + 0.5 e_2[0] = 1.5 + 1 = 2.5    (lambda = 1: 4 - 0.5 = 3.5 = y - mu)
+#   e_0[1] = mu_1[0] - mu_0[1] + 0.5 e_1[0] = 0 + 0.5 = 0.5
+#   A = [(0.5 + 0.5) / 2, (1 + 2.5) / 2, (2 + 2) / 2] = [0.5, 1.75, 2]
+# =============================================================================================
+def lambda_single(kernels, lam, terminations=(0, 0, 0), truncations=(0, 0, 0)):
+    mu = torch.tensor([[0.5, 1.0], [1.0, 0.5], [2.0, 1.0]]).reshape(3, 2, 1)
+    return kernels.p3o_advantage(col(1, 2, 4), col(*terminations), col(*truncations), mu,
+                                 torch.tensor([[3.0], [0.25]]), torch.tensor([1.0, 1.0]), False, lam=lam)
+
+
+@pytest.mark.parametrize(
+    "lam, terminations, truncations, expected_adv",
+    [
+        (0.5, (0, 0, 0), (0, 0, 0), [0.5, 1.75, 2.0]),
+        (0.0, (0, 0, 0), (0, 0, 0), [0.25, 1.25, 2.0]),  # one-step changes: e_0[1] = 0, e_1[1] = 1.5
+        (1.0, (0, 0, 0), (0, 0, 0), [0.75, 2.25, 2.0]),  # the observed surprise: e_0[1] = 1, e_1[1] = 3.5
+        # termination at t = 1: e_1[1] = 0 - mu_1[1] = -0.5 (known zero); row 0's j = 1 still sees r_1
+        (0.5, (0, 1, 0), (0, 0, 0), [0.5, 0.25, 2.0]),
+        # truncation at t = 1: row 1 stops after k = 0 (A_1 = e_1[0] / 1); row 0 unchanged
+        (0.5, (0, 0, 0), (0, 1, 0), [0.5, 1.0, 2.0]),
+        # termination at t = 0: e_0[1] = -mu_0[1] = -1, nothing carried from row 1 (next episode)
+        (0.5, (1, 0, 0), (0, 0, 0), [-0.25, 1.75, 2.0]),
+        # termination at the last step: e_2[1] = 0 - mu_2[1] = -1 instead of the bootstrap
+        (0.5, (0, 0, 1), (0, 0, 0), [0.5, 1.75, 0.5]),
+    ],
+)
+def test_p3o_lambda_surprise_by_hand(kernels, lam, terminations, truncations, expected_adv):
+    adv, _, _ = lambda_single(kernels, lam, terminations, truncations)
+    assert_close(adv, col(*expected_adv), **EXACT)
+    ref_adv, _, _ = p3o_reference(col(1, 2, 4), col(*terminations), col(*truncations),
+                                  torch.tensor([[0.5, 1.0], [1.0, 0.5], [2.0, 1.0]]).reshape(3, 2, 1),
+                                  torch.tensor([[3.0], [0.25]]), torch.tensor([1.0, 1.0]), "sum", lam=lam)
+    assert_close(ref_adv, col(*expected_adv).double(), **EXACT)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95])
+@pytest.mark.parametrize("normalize", ["sum", "max", "none"])
+@pytest.mark.parametrize("per_state", [False, True])
+@pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
+def test_p3o_lambda_random_vs_reference(kernels, seed, T, H, N, per_state, normalize, lam):
+    inputs = random_p3o_inputs(seed, T, H, N, per_state)
+    adv, targets, known = kernels.p3o_advantage(**inputs, normalize_max=normalize == "max",
+                                                normalize=normalize != "none", lam=lam)
+    ref_adv, ref_targets, ref_known = p3o_reference(**inputs, normalize=normalize, lam=lam)
+    assert_close(adv.double(), ref_adv, **TOL)
+    assert_close(targets.double(), ref_targets, **EXACT)  # the targets do not depend on lambda
+    assert_close(known.double(), ref_known, **EXACT)
+
+
+@pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
+def test_surprise_lambda_reference_at_one_is_the_observed_surprise(seed, T, H, N):
+    # the forward sum telescopes: at lambda = 1 it is y - mu on every entry a row uses
+    inputs = random_p3o_inputs(seed, T, H, N, per_state=False)
+    e = surprise_lambda_reference(**{k: v for k, v in inputs.items() if k != "weight"}, lam=1.0)
+    targets, known, _ = p3o_targets_reference(inputs["rewards"], inputs["terminations"],
+                                              inputs["truncations"], inputs["mu_next"])
+    usable = (known > 0) | _bootstrapped(inputs, T, H, N)  # the rest: after a truncation in the row
+    assert_close(e[usable], (targets - inputs["mu"].double())[usable], **TOL)
+    assert (e[~usable] == 0).all()
+
+
+def _bootstrapped(inputs, T, H, N):
+    """[T, H, N]: the entries whose target is the bootstrap mu_next (j >= T, the row alive to T)."""
+    mask = torch.zeros(T, H, N, dtype=torch.bool)
+    ends = (inputs["terminations"] + inputs["truncations"]) > 0
+    for env in range(N):
+        for t in range(T):
+            if not ends[t:, env].any():
+                mask[t, T - t:, env] = True
+    return mask
+
+
+def test_p3o_lambda_near_one_approaches_the_default_path(kernels):
+    # lambda < 1 runs the chain pass; lambda = 1 skips it and uses y - mu in the row directly
+    inputs = random_p3o_inputs(8, 64, 33, 3, per_state=True)
+    default, _, _ = kernels.p3o_advantage(**inputs, normalize_max=False)
+    chained, _, _ = kernels.p3o_advantage(**inputs, normalize_max=False, lam=1 - 1e-7)
+    assert_close(chained, default, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(kernels.p3o_advantage(**inputs, normalize_max=False, lam=0.5)[0], default)
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.5, float("nan")])
+def test_p3o_rejects_lambda_outside_0_1(kernels, lam):
+    inputs = random_p3o_inputs(2, 8, 3, 2, per_state=False)
+    with pytest.raises(RuntimeError, match=r"lam \(the surprise's lambda\) must be in \[0, 1\]"):
+        kernels.p3o_advantage(**inputs, normalize_max=False, lam=lam)
+
+
+def test_p3o_lambda_each_env_independent(kernels):
+    inputs = random_p3o_inputs(21, 10, 14, 5, per_state=False)
+    out = kernels.p3o_advantage(**inputs, normalize_max=False, lam=0.9)[0]
+    for env in range(5):
+        alone = {k: (v if k == "weight" else v[..., env : env + 1].contiguous()) for k, v in inputs.items()}
+        assert_close(kernels.p3o_advantage(**alone, normalize_max=False, lam=0.9)[0][:, 0], out[:, env], **EXACT)
 
 
 # =============================================================================================

@@ -81,6 +81,18 @@ def test_p3o_cuda_many_rows_vs_reference(cuda_kernels, normalize):
     assert_close(known.cpu().double(), ref_known, **EXACT)
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.95])
+@pytest.mark.parametrize("seed, T, H, N", P3O_CASES + [(203, 64, 48, 12)])
+def test_p3o_lambda_cuda_vs_reference(cuda_kernels, cpu_kernels, seed, T, H, N, lam):
+    # the lambda-surprise's chain pass: (T + H - 1) * N chains, more than one block in the last case
+    inputs = random_p3o_inputs(seed, T, H, N, per_state=True)
+    adv, _, _ = cuda_kernels.p3o_advantage(**on("cuda", inputs), normalize_max=False, lam=lam)
+    ref_adv, _, _ = p3o_reference(**inputs, normalize="sum", lam=lam)
+    assert_close(adv.cpu().double(), ref_adv, **TOL)
+    cpu, _, _ = cpu_kernels.p3o_advantage(**inputs, normalize_max=False, lam=lam)
+    assert_close(adv.cpu(), cpu, **CPU_VS_CUDA)
+
+
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES + [(202, 128, 64, 40)])
 def test_p3o_targets_cuda_vs_reference(cuda_kernels, seed, T, H, N):
     inputs = random_p3o_inputs(seed, T, H, N, per_state=False)

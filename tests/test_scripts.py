@@ -40,6 +40,7 @@ CLEANRL_METRICS = {
     [
         ("ppo_gae.py", []),
         ("p3o.py", ["--horizon", "64"]),
+        ("p3o.py", ["--surprise-lambda", "0.95", "--sigma-prior-rows", "256"]),
         ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma"]),
         ("p3o.py", ["--weight-rule", "action", "--horizon", "16"]),
     ],
@@ -72,6 +73,7 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("ppo_gae.py", ["--num-minibatches", "3"], "must divide num_envs * num_steps"),
         ("p3o.py", ["--horizon", "0"], "--horizon must be at least 1"),
         ("p3o.py", ["--chance-coef", "1.5"], "--chance-coef must be in [0, 1]"),
+        ("p3o.py", ["--surprise-lambda", "1.2"], "--surprise-lambda must be in [0, 1]"),
         ("p3o.py", ["--normalization", "mean"], "invalid choice 'mean'"),
         ("p3o.py", ["--gamma", "0.99"], "--gamma"),  # P3O has no gamma
         ("p3o.py", ["--advantage-sigma", "oracle"], "invalid choice 'oracle'"),

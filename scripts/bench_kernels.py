@@ -132,12 +132,13 @@ def p3o_targets_vectorized(rewards, terminations, truncations, mu_next):
     return p3o_rows_vectorized(rewards, terminations, truncations, mu_next)[:3]
 
 
-def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max):
-    """P3O advantages [T, N], targets and known mask [T, H, N], over all (t, k, env) at once."""
+def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max, surprise=None):
+    """P3O advantages [T, N], targets and known mask [T, H, N], over all (t, k, env) at once; surprise
+    [T, H, N], if given, in place of y - mu (the lambda-surprise)."""
     targets, known, _, usable = p3o_rows_vectorized(rewards, terminations, truncations, mu_next)
     lam = precision if precision.dim() == 3 else precision[None, :, None]
     lam = lam * usable
-    weighted_error = (lam * (targets - mu)).sum(1)
+    weighted_error = (lam * (targets - mu if surprise is None else surprise)).sum(1)
     norm = lam.amax(1).clamp(min=0) if normalize_max else lam.sum(1)
     safe = torch.where(norm > 0, norm, 1.0)
     advantages = torch.where(norm > 0, weighted_error / safe, 0.0)
@@ -158,8 +159,7 @@ def p3o_lambda_vectorized(rewards, terminations, truncations, mu, mu_next, preci
         e[t, 0] = rewards[t] - mu[t, 0]
         e[t, 1:] = (1 - term[t]) * mu_after[:-1] - mu[t, 1:] + lam * carry
         later = e[t]
-    targets, _, _, _ = p3o_rows_vectorized(rewards, terminations, truncations, mu_next)
-    return p3o_vectorized(rewards, terminations, truncations, targets - e, mu_next, precision, normalize_max)
+    return p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max, surprise=e)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +344,8 @@ def main(argv=None):
         + (" with torch.cuda.synchronize() before and after" if cuda else ""),
         f"- P3O: normalization `{args.normalization}`, precision {'[T, H, N] (per state)' if args.per_state_precision else '[H]'}",
         "- vectorized: PyTorch ops a user would write (GAE: backward loop over t over all envs; "
-        "P3O: all (t, k, env) at once with unfold and end-of-episode masks); ratio = vectorized / kernel",
+        "P3O: all (t, k, env) at once with unfold and end-of-episode masks; P3O lambda: a backward loop over t for "
+        "the surprise, then as P3O); ratio = vectorized / kernel",
         "- reference: the plain-loop float64 references of tests/reference.py, smallest size only "
         f"({args.reference_repeats} calls)",
     ]

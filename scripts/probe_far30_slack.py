@@ -29,7 +29,7 @@ from p3o_kernel_loader import load_kernels  # noqa: E402
 
 def probe(path, episodes, kernels):
     checkpoint = p3o.load_checkpoint(path, "checkpoint", torch.device("cpu"))
-    args = p3o.Args(**{k: v for k, v in checkpoint["args"].items() if k in p3o.Args.__dataclass_fields__})
+    args = p3o.saved_args(checkpoint)
     if args.env_id != "scripts.two_horizons:TwoHorizons-far30-v0":
         sys.exit(f"error: {path} is a run on {args.env_id}, not TwoHorizons-far30")
     args.num_envs = 1

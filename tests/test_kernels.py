@@ -31,10 +31,12 @@ def gae(kernels, rewards, values, terminations, truncations, next_value, final_v
     return kernels.gae(rewards, values, terminations, truncations, next_value, final_values, gamma, lam)
 
 
-def p3o(kernels, rewards, terminations, truncations, mu, mu_next, weight, normalize):
-    """normalize: "sum", "max" or "none" (the binding's normalize_max and normalize flags)."""
+def p3o(kernels, rewards, terminations, truncations, mu, mu_next, weight, normalize, lam=1.0):
+    """normalize: "sum", "max" or "none" (the binding's normalize_max and normalize flags); lam: the
+    surprise's lambda (1: y - mu)."""
     return kernels.p3o_advantage(
-        rewards, terminations, truncations, mu, mu_next, weight, normalize == "max", normalize=normalize != "none"
+        rewards, terminations, truncations, mu, mu_next, weight, normalize == "max", normalize=normalize != "none",
+        lam=lam,
     )
 
 
@@ -509,13 +511,14 @@ def test_p3o_no_leakage_across_envs(kernels, normalize, per_state):
         assert not torch.equal(a[..., 1], b[..., 1])
 
 
+@pytest.mark.parametrize("lam", [1.0, 0.0, 0.5, 0.95])  # below 1: the lambda-surprise's chain pass
 @pytest.mark.parametrize("normalize", ["sum", "max", "none"])
 @pytest.mark.parametrize("per_state", [False, True])
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
-def test_p3o_random_vs_reference(kernels, seed, T, H, N, per_state, normalize):
+def test_p3o_random_vs_reference(kernels, seed, T, H, N, per_state, normalize, lam):
     inputs = random_p3o_inputs(seed, T, H, N, per_state)
-    adv, targets, known = p3o(kernels, normalize=normalize, **inputs)
-    ref_adv, ref_targets, ref_known = p3o_reference(**inputs, normalize=normalize)
+    adv, targets, known = p3o(kernels, normalize=normalize, lam=lam, **inputs)
+    ref_adv, ref_targets, ref_known = p3o_reference(**inputs, normalize=normalize, lam=lam)
     assert adv.shape == (T, N) and targets.shape == (T, H, N) and known.shape == (T, H, N)
     assert adv.dtype == targets.dtype == known.dtype == torch.float32
     assert_close(adv.double(), ref_adv, **TOL)
@@ -523,17 +526,18 @@ def test_p3o_random_vs_reference(kernels, seed, T, H, N, per_state, normalize):
     assert_close(known.double(), ref_known, **EXACT)
 
 
+@pytest.mark.parametrize("lam", [1.0, 0.9])
 @pytest.mark.parametrize("per_state", [False, True])
-def test_p3o_random_each_env_independent(kernels, per_state):
+def test_p3o_random_each_env_independent(kernels, per_state, lam):
     # each env computed alone (N = 1) equals its slice of the batch, bit for bit
     inputs = random_p3o_inputs(21, 10, 14, 5, per_state)
-    out = p3o(kernels, normalize="sum", **inputs)
+    out = p3o(kernels, normalize="sum", lam=lam, **inputs)
     for env in range(5):
         alone_inputs = {
             k: (v if (k == "weight" and not per_state) else v[..., env : env + 1].contiguous())
             for k, v in inputs.items()
         }
-        alone = p3o(kernels, normalize="sum", **alone_inputs)
+        alone = p3o(kernels, normalize="sum", lam=lam, **alone_inputs)
         for a, b in zip(alone, out):
             assert_close(a[..., 0], b[..., env], **EXACT)
 
@@ -591,20 +595,6 @@ def test_p3o_lambda_surprise_by_hand(kernels, lam, terminations, truncations, ex
     assert_close(ref_adv, col(*expected_adv).double(), **EXACT)
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95])
-@pytest.mark.parametrize("normalize", ["sum", "max", "none"])
-@pytest.mark.parametrize("per_state", [False, True])
-@pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
-def test_p3o_lambda_random_vs_reference(kernels, seed, T, H, N, per_state, normalize, lam):
-    inputs = random_p3o_inputs(seed, T, H, N, per_state)
-    adv, targets, known = kernels.p3o_advantage(**inputs, normalize_max=normalize == "max",
-                                                normalize=normalize != "none", lam=lam)
-    ref_adv, ref_targets, ref_known = p3o_reference(**inputs, normalize=normalize, lam=lam)
-    assert_close(adv.double(), ref_adv, **TOL)
-    assert_close(targets.double(), ref_targets, **EXACT)  # the targets do not depend on lambda
-    assert_close(known.double(), ref_known, **EXACT)
-
-
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
 def test_surprise_lambda_reference_at_one_is_the_observed_surprise(seed, T, H, N):
     # the forward sum telescopes: at lambda = 1 it is y - mu on every entry a row uses
@@ -642,14 +632,6 @@ def test_p3o_rejects_lambda_outside_0_1(kernels, lam):
     inputs = random_p3o_inputs(2, 8, 3, 2, per_state=False)
     with pytest.raises(RuntimeError, match=r"lam \(the surprise's lambda\) must be in \[0, 1\]"):
         kernels.p3o_advantage(**inputs, normalize_max=False, lam=lam)
-
-
-def test_p3o_lambda_each_env_independent(kernels):
-    inputs = random_p3o_inputs(21, 10, 14, 5, per_state=False)
-    out = kernels.p3o_advantage(**inputs, normalize_max=False, lam=0.9)[0]
-    for env in range(5):
-        alone = {k: (v if k == "weight" else v[..., env : env + 1].contiguous()) for k, v in inputs.items()}
-        assert_close(kernels.p3o_advantage(**alone, normalize_max=False, lam=0.9)[0][:, 0], out[:, env], **EXACT)
 
 
 # =============================================================================================

@@ -393,9 +393,6 @@ class Agent(nn.Module):
             self.network, self.critic_network = mlp(), mlp()
             hidden = args.mlp_width
         self.actor = layer_init(nn.Linear(hidden, envs.single_action_space.n), std=0.01)
-        if os.environ.get("ACTOR_BIAS"):  # prototype: a starting policy other than uniform
-            with torch.no_grad():
-                self.actor.bias.copy_(torch.tensor([float(x) for x in os.environ["ACTOR_BIAS"].split(",")]))
         self.horizon, self.n_actions = args.horizon, envs.single_action_space.n
         self.critic = layer_init(nn.Linear(hidden, self.horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = args.state_sigma

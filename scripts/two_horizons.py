@@ -210,8 +210,8 @@ def mean_invest_advantage(invest_prob, near_delay=3, far_delay=100, far_reward=N
         visits = np.bincount(np.arange(t + 1) % D, weights=_binomial_pmf(t, q), minlength=D)  # P(progress = p)
         adv = _far_gain(L - t - 1, q, D, R) - (1.0 if t + d <= L - 1 else 0.0)
         mean += visits @ adv
-        better += visits[adv > 0].sum()
-        worse += visits[adv < 0].sum()
+        better += visits[adv > 1e-12].sum()  # (a tie, to rounding, counts as neither)
+        worse += visits[adv < -1e-12].sum()
     return float(mean / L), float(better / L), float(worse / L)
 
 

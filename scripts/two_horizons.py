@@ -48,6 +48,14 @@ Returns (L = episode_length, D = far_delay, R = far_reward, d = near_delay):
         multiple of D). About 0.68 to 0.73 of optimal for the registered variants: a learner that
         unlearns the far reward falls from there to myopic / optimal (0.49 .. 0.53), one that
         learns it rises to 1.
+    policy-gradient view: invest_advantage(...) is the exact advantage of investing over collecting in
+        the return to the episode's end when later actions invest with a fixed probability, and
+        mean_invest_advantage(...) its average over the states that policy visits. Under uniformly
+        random play it is +0.93 / +0.62 / -0.58 for D = 10 / 30 / 100, and at D = 100 collecting is
+        better in 0.91 of the visited states: random play invests about 225 times, which completes two
+        cycles whatever one more invest does. So at D = 100 an exact advantage moves random play
+        towards collecting, and always-collect is a local optimum (a lone invest never completes a
+        cycle): learning D = 100 from random play takes exploration, not only credit over 100 steps.
     discounted view: under a discount gamma, always-invest beats always-collect from the start state
         only when gamma is above `critical_gamma(...)` (0.76, 0.95, 0.987, 0.996 for the variants
         D = 10, 30, 100, 300). A fixed gamma therefore suits some D and not others.
@@ -151,6 +159,60 @@ def critical_gamma(near_delay=3, far_delay=100, far_reward=None, episode_length=
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if gap(mid) > 0 else (mid, hi)
     return hi
+
+
+def _binomial_pmf(n, q):
+    """[n + 1] float64: P(Binomial(n, q) = k) for k = 0 .. n, from log-gamma (no overflow for long episodes)."""
+    k = np.arange(n + 1)
+    if q in (0.0, 1.0):
+        return (k == (n if q == 1.0 else 0)).astype(np.float64)
+    log_comb = np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in k])
+    return np.exp(log_comb + k * math.log(q) + (n - k) * math.log1p(-q))
+
+
+def _invest_prob(invest_prob):
+    if isinstance(invest_prob, bool) or not isinstance(invest_prob, numbers.Real) or not 0.0 <= invest_prob <= 1.0:
+        raise ValueError(f"TwoHorizons: invest_prob must be a number in [0, 1], got {invest_prob!r}")
+    return float(invest_prob)
+
+
+def _far_gain(rest, invest_prob, D, R):
+    """[D]: entry p is far_reward times the probability that `rest` later steps, each investing with
+    invest_prob, leave the counter exactly one short of a cycle (p + invests = -1 mod D): then one more
+    invest now completes one more cycle inside the episode."""
+    by_residue = np.bincount(np.arange(rest + 1) % D, weights=_binomial_pmf(rest, invest_prob), minlength=D)
+    return R * by_residue[(D - 1 - np.arange(D)) % D]
+
+
+def invest_advantage(t, progress, invest_prob, near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """Exact advantage of investing over collecting at step t with the counter at `progress`, in the
+    undiscounted return to the episode's end, when every later action invests with probability
+    invest_prob (independently of the state): the chance that the extra invest completes one more
+    cycle, times far_reward, less the collect's +1 (when it is still paid, t + near_delay < L).
+    The advantage an exact whole-episode estimator credits under that policy; checked against every
+    continuation on small settings in tests/test_two_horizons.py."""
+    d, D, R, L = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    q = _invest_prob(invest_prob)
+    if not (0 <= t < L and 0 <= progress < D):
+        raise ValueError(f"TwoHorizons: need 0 <= t < {L} and 0 <= progress < {D}, got t={t}, progress={progress}")
+    return float(_far_gain(L - t - 1, q, D, R)[progress]) - (1.0 if t + d <= L - 1 else 0.0)
+
+
+def mean_invest_advantage(invest_prob, near_delay=3, far_delay=100, far_reward=None, episode_length=None):
+    """(mean, share better, share worse) of invest_advantage over the states the same policy visits
+    (each step of its episodes once: at step t the counter is Binomial(t, invest_prob) mod far_delay).
+    Uniformly random play (0.5) on the variants D = 10 / 30 / 100: mean +0.93 / +0.62 / -0.58, and at
+    D = 100 collecting is better in 0.91 of the states (the module docstring says why that matters)."""
+    d, D, R, L = resolve_params(near_delay, far_delay, far_reward, episode_length)
+    q = _invest_prob(invest_prob)
+    mean = better = worse = 0.0
+    for t in range(L):
+        visits = np.bincount(np.arange(t + 1) % D, weights=_binomial_pmf(t, q), minlength=D)  # P(progress = p)
+        adv = _far_gain(L - t - 1, q, D, R) - (1.0 if t + d <= L - 1 else 0.0)
+        mean += visits @ adv
+        better += visits[adv > 1e-12].sum()  # (a tie, to rounding, counts as neither)
+        worse += visits[adv < -1e-12].sum()
+    return float(mean / L), float(better / L), float(worse / L)
 
 
 _bit_tables = {}

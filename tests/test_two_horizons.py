@@ -219,6 +219,69 @@ def test_critical_gamma():
     assert math.isnan(th.critical_gamma(near_delay=1, far_delay=4, far_reward=2, episode_length=8))
 
 
+def brute_force_invest_advantage(params, prefix, invest_prob):
+    """Return after prefix + [INVEST] + rest minus after prefix + [COLLECT] + rest, averaged over every
+    continuation `rest`, each weighted by its probability when every action invests with invest_prob."""
+    env = TwoHorizons(**params)
+    rest_len = env.episode_length - len(prefix) - 1
+    total = 0.0
+    for rest in itertools.product((COLLECT, INVEST), repeat=rest_len):
+        k = sum(a == INVEST for a in rest)
+        weight = invest_prob**k * (1 - invest_prob) ** (rest_len - k)
+        gain = sum(play(env, list(prefix) + [INVEST] + list(rest))[0]) - sum(play(env, list(prefix) + [COLLECT] + list(rest))[0])
+        total += weight * gain
+    return total
+
+
+@pytest.mark.parametrize(
+    "params", [SMALL, dict(near_delay=1, far_delay=2, episode_length=7), dict(near_delay=3, far_delay=4, far_reward=3, episode_length=8)]
+)
+@pytest.mark.parametrize("invest_prob", [0.5, 0.3, 0.9, 1.0])
+def test_invest_advantage_matches_every_continuation(params, invest_prob):
+    """invest_advantage at every reachable state (every prefix of actions) against the brute force over
+    every continuation; mean_invest_advantage against the same states weighted by their probability."""
+    L = params["episode_length"]
+    mean = better = worse = 0.0
+    for t in range(L):
+        for prefix in itertools.product((COLLECT, INVEST), repeat=t):
+            k = sum(a == INVEST for a in prefix)
+            p_prefix = invest_prob**k * (1 - invest_prob) ** (t - k)
+            progress = k % params["far_delay"]
+            brute = brute_force_invest_advantage(params, prefix, invest_prob)
+            assert th.invest_advantage(t, progress, invest_prob, **params) == pytest.approx(brute, abs=1e-12)
+            mean += p_prefix * brute / L
+            better += p_prefix * (brute > 1e-12) / L
+            worse += p_prefix * (brute < -1e-12) / L
+    assert th.mean_invest_advantage(invest_prob, **params) == pytest.approx((mean, better, worse), abs=1e-12)
+
+
+def test_invest_advantage_by_hand():
+    # SMALL (near 2, far 3, reward 6, 6 steps). Last step: nothing follows, a collect is no longer paid,
+    # and an invest pays 6 only if it completes the cycle.
+    assert th.invest_advantage(5, 2, 0.5, **SMALL) == 6.0
+    assert th.invest_advantage(5, 1, 0.5, **SMALL) == 0.0
+    # Step 3, counter 0, two later steps that always collect: the invest never completes a cycle and the
+    # collect (paid on step 5) is lost: -1.
+    assert th.invest_advantage(3, 0, 0.0, **SMALL) == -1.0
+    # Step 3, counter 0, two later steps that always invest: the invest completes the cycle on step 5: 6 - 1.
+    assert th.invest_advantage(3, 0, 1.0, **SMALL) == 5.0
+
+
+def test_random_play_on_the_variants():
+    """The figures the module docstring quotes: under uniformly random play investing pays on average at
+    D = 10 and 30, and loses at D = 100, in most of the states random play visits."""
+    got = {D: th.mean_invest_advantage(0.5, **th.variant_params(D)) for D in (10, 30, 100)}
+    assert [round(got[D][0], 2) for D in (10, 30, 100)] == [0.93, 0.62, -0.58]
+    assert round(got[100][2], 2) == 0.91
+
+
+@pytest.mark.parametrize("kwargs", [dict(invest_prob=1.5), dict(invest_prob=-0.1), dict(invest_prob=True), dict(t=6), dict(progress=3), dict(t=-1)])
+def test_invest_advantage_rejects_bad_input(kwargs):
+    args = dict(t=0, progress=0, invest_prob=0.5) | kwargs
+    with pytest.raises(ValueError, match="TwoHorizons"):
+        th.invest_advantage(**args, **SMALL)
+
+
 @pytest.mark.parametrize("script", ["p3o.py", "ppo_gae.py"])
 def test_training_script_runs_on_the_env(tmp_path, script):
     """The training scripts resolve the module:EnvId form. cwd is a temporary folder so that runs/

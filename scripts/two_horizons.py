@@ -176,12 +176,15 @@ def _invest_prob(invest_prob):
     return float(invest_prob)
 
 
-def _far_gain(rest, invest_prob, D, R):
-    """[D]: entry p is far_reward times the probability that `rest` later steps, each investing with
-    invest_prob, leave the counter exactly one short of a cycle (p + invests = -1 mod D): then one more
-    invest now completes one more cycle inside the episode."""
+def _advantages_at(t, invest_prob, d, D, R, L):
+    """[D]: entry p is the advantage of investing at step t with the counter at p. Investing gains
+    far_reward times the probability that the L - t - 1 later steps, each investing with invest_prob,
+    leave the counter exactly one short of a cycle (p + invests = -1 mod D): then one more invest now
+    completes one more cycle inside the episode. It loses the collect's +1 while that is still paid
+    (t + d <= L - 1)."""
+    rest = L - t - 1
     by_residue = np.bincount(np.arange(rest + 1) % D, weights=_binomial_pmf(rest, invest_prob), minlength=D)
-    return R * by_residue[(D - 1 - np.arange(D)) % D]
+    return R * by_residue[(D - 1 - np.arange(D)) % D] - (1.0 if t + d <= L - 1 else 0.0)
 
 
 def invest_advantage(t, progress, invest_prob, near_delay=3, far_delay=100, far_reward=None, episode_length=None):
@@ -195,7 +198,7 @@ def invest_advantage(t, progress, invest_prob, near_delay=3, far_delay=100, far_
     q = _invest_prob(invest_prob)
     if not (0 <= t < L and 0 <= progress < D):
         raise ValueError(f"TwoHorizons: need 0 <= t < {L} and 0 <= progress < {D}, got t={t}, progress={progress}")
-    return float(_far_gain(L - t - 1, q, D, R)[progress]) - (1.0 if t + d <= L - 1 else 0.0)
+    return float(_advantages_at(t, q, d, D, R, L)[progress])
 
 
 def mean_invest_advantage(invest_prob, near_delay=3, far_delay=100, far_reward=None, episode_length=None):
@@ -208,7 +211,7 @@ def mean_invest_advantage(invest_prob, near_delay=3, far_delay=100, far_reward=N
     mean = better = worse = 0.0
     for t in range(L):
         visits = np.bincount(np.arange(t + 1) % D, weights=_binomial_pmf(t, q), minlength=D)  # P(progress = p)
-        adv = _far_gain(L - t - 1, q, D, R) - (1.0 if t + d <= L - 1 else 0.0)
+        adv = _advantages_at(t, q, d, D, R, L)
         mean += visits @ adv
         better += visits[adv > 1e-12].sum()  # (a tie, to rounding, counts as neither)
         worse += visits[adv < -1e-12].sum()

@@ -812,19 +812,6 @@ if __name__ == "__main__":
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
             normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
         )
-        if os.environ.get("P3O_ENDOBS") == "1" and args.surprise_lambda < 1:  # PROTOTYPE
-            # a row that sees its episode's end (term or trunc at a step t .. min(t+H-1, T-1)) takes the observed surprise
-            observed, _, _ = kernels.p3o_advantage(
-                rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
-                normalize=args.weight_rule == "precision", lam=1.0,
-            )
-            ends = ((terminations + truncations) > 0).float()
-            T_ = ends.shape[0]
-            c = torch.cat([torch.zeros_like(ends[:1]), ends.cumsum(0)])  # c[t] = ends before t
-            t_idx = torch.arange(T_, device=ends.device)
-            hi = (t_idx + args.horizon).clamp(max=T_)
-            sees_end = (c[hi] - c[t_idx]) > 0
-            advantages = torch.where(sees_end, observed, advantages)
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)
         b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" else None

@@ -135,7 +135,8 @@ class Args:
     """lambda in [0, 1] (experimental): discount the later steps' share of each surprise, as GAE's lambda does
     for one value: e_t[k] = d_t[k] + lambda e_{t+1}[k-1], with d_t[k] = mu_{t+1}[k-1] - mu_t[k] (the change
     of prediction step t caused) and d_t[0] = r_t - mu_t[0]; the advantage weighs e_t[k] in place of
-    y_{t+k} - mu_t[k]. 1: the observed surprise (P3O); below 1 it leans on the critic (docs/p3o.md)"""
+    y_{t+k} - mu_t[k], except that a known zero after a termination keeps its whole surprise 0 - mu_t[k].
+    1: the observed surprise (P3O); below 1 it leans on the critic (docs/p3o.md)"""
     state_sigma: bool = False
     """if toggled, sigma[k] is predicted per state by a head (needs `--advantage-sigma learned`);
     by default it is one learned parameter per k"""

@@ -61,7 +61,9 @@ HOST_DEVICE inline void gae_env(int env, int T, int N, float gamma, float lam,
 //   where mu_{t+1}[k-1] is 0 if the step taken at t terminated the episode (known zeros) and
 //   mu_next[k-1] at the rollout's last step t = T - 1 (the bootstrap);
 //   surprise_t[k] = d_t[k] + lambda * surprise_{t+1}[k-1]   (no carry after an episode end or
-//   past the rollout), so lambda = 1 gives y_{t+k} - mu_t[k] and lambda = 0 the one-step change.
+//   past the rollout), so lambda = 1 gives y_{t+k} - mu_t[k] and lambda = 0 the one-step change;
+//   except where y_{t+k} is a known zero (a termination at a step t .. t+k-1): there
+//   surprise_t[k] = 0 - mu_t[k], the observed surprise, undiscounted at any lambda.
 // Every (t, k) with the same j = t + k (the step whose reward they predict) lies on one chain:
 // this function walks the chain of j for one env, from t = min(j, T-1) down to max(0, j-H+1).
 // Entries a row does not use (after a truncation inside it) are written as 0.
@@ -70,7 +72,8 @@ HOST_DEVICE inline void p3o_surprise_chain(int j, int env, int T, int N, int H, 
                                            const float* rewards, const float* terminations,
                                            const float* truncations, const float* mu,
                                            const float* mu_next, float* surprise) {
-    float carry = 0.0f;  // surprise_{t+1}[k-1], 0 where nothing follows
+    float carry = 0.0f;       // surprise_{t+1}[k-1], 0 where nothing follows
+    bool known_zero = false;  // a termination at a step t .. j-1: y_j is a known zero
     const int t_first = j < T ? j : T - 1;
     const int t_last = j - H + 1 > 0 ? j - H + 1 : 0;
     for (int t = t_first; t >= t_last; --t) {
@@ -80,8 +83,9 @@ HOST_DEVICE inline void p3o_surprise_chain(int j, int env, int T, int N, int H, 
         float e;
         if (k == 0) {
             e = rewards[i] - mu[o];
-        } else if (terminations[i] != 0.0f) {
-            e = 0.0f - mu[o];  // the rest of the episode is known zeros
+        } else if (terminations[i] != 0.0f || known_zero) {
+            e = 0.0f - mu[o];  // the episode has ended before j: the observed surprise, kept whole
+            known_zero = true;
         } else if (truncations[i] != 0.0f) {
             e = 0.0f;  // the row stops at k = 0: this entry is not used
         } else if (t == T - 1) {

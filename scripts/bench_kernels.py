@@ -147,7 +147,8 @@ def p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, n
 
 def p3o_lambda_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max, lam):
     """P3O advantages with the lambda-surprise e_t[k] = d_t[k] + lam e_{t+1}[k-1] (p3o_kernel.cu),
-    e by a backward loop over t, then the weighted sum of p3o_vectorized with e in place of y - mu."""
+    e by a backward loop over t, the known zeros after a termination kept whole (0 - mu), then the
+    weighted sum of p3o_vectorized with e in place of y - mu."""
     T = rewards.shape[0]
     term = (terminations != 0).float()
     goes_on = (1 - term) * (truncations == 0).float()  # the episode goes on after step t
@@ -159,6 +160,8 @@ def p3o_lambda_vectorized(rewards, terminations, truncations, mu, mu_next, preci
         e[t, 0] = rewards[t] - mu[t, 0]
         e[t, 1:] = (1 - term[t]) * mu_after[:-1] - mu[t, 1:] + lam * carry
         later = e[t]
+    targets, known, live, _ = p3o_rows_vectorized(rewards, terminations, truncations, mu_next)
+    e = torch.where((known > 0) & (live == 0), targets - mu, e)  # known zeros: the observed surprise
     return p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max, surprise=e)
 
 

@@ -149,10 +149,11 @@ def surprise_lambda_reference(rewards, terminations, truncations, mu, mu_next, l
         d_i[m] = next_i[m-1] - mu_i[m]  (m >= 1), where next_i = 0 if the step taken at i terminated
                  (known zeros), mu_{i+1} inside the rollout, mu_next at its last step i = T - 1
         e_t[k] = sum_{i = t}^{L} lam^(i - t) * d_i[j - i]
-    where L is the first i >= t that ends the sum: i = j (the reward), a step i that ended the
-    episode, or i = T - 1 (past it only the bootstrap is known). With lam = 1 the sum telescopes
-    to y - mu_t[k] (p3o_reference's y). Entries after a truncation inside the row (not used by
-    the advantage) are 0. This is not the kernel's backward walk along each j.
+    where L is the first i >= t that ends the sum: i = j (the reward) or i = T - 1 (past it only
+    the bootstrap is known). With lam = 1 the sum telescopes to y - mu_t[k] (p3o_reference's y).
+    Where the episode terminated at a step t .. j-1, y_j is a known zero and e_t[k] = 0 - mu_t[k]
+    at any lam (the observed surprise, not discounted). Entries after a truncation inside the row
+    (not used by the advantage) are 0. This is not the kernel's backward walk along each j.
     """
     T, H, N = _f64(mu).shape
     rewards, terminations, truncations = (_f64(x).tolist() for x in (rewards, terminations, truncations))
@@ -173,11 +174,12 @@ def surprise_lambda_reference(rewards, terminations, truncations, mu, mu_next, l
                 ends = [i for i in range(t, min(j, T)) if terminations[i][env] != 0 or truncations[i][env] != 0]
                 if ends and terminations[ends[0]][env] == 0:
                     continue  # the row stopped at a truncation before j: not used, left 0
+                if ends:  # a termination before j: y_j is a known zero, its surprise kept whole
+                    e[t, k, env] = 0.0 - mu[t][k][env]
+                    continue
                 total = 0.0
-                for i in range(t, min(j, T - 1) + 1):
+                for i in range(t, min(j, T - 1) + 1):  # no episode end at t .. j-1 here
                     total += lam ** (i - t) * d(i, j - i, env)
-                    if terminations[i][env] != 0:
-                        break  # known zeros from here on: nothing later changes the prediction
                 e[t, k, env] = total
     return e
 

@@ -595,6 +595,21 @@ def test_p3o_lambda_surprise_by_hand(kernels, lam, terminations, truncations, ex
     assert_close(ref_adv, col(*expected_adv).double(), **EXACT)
 
 
+# A known zero keeps its whole surprise. The same rollout with H = 3 and a termination at t = 1:
+#   mu_0 = [0.5, 1, 2], mu_1 = [1, 0.5, 1], mu_2 = [2, 1, 0.5]; mu_next = [3, 0.25, 1]; lambda = 0.5.
+#   e_0 = [0.5, 0.5, 0 - 2]: y_2 is a known zero (the chain would give mu_1[1] - mu_0[2] + 0.5 (0 - mu_1[1]) = -1.75)
+#   e_1 = [2 - 1, 0 - 0.5, 0 - 1];  e_2 = [4 - 2, 3 - 1, 0.25 - 0.5] (the next episode, bootstrapped)
+#   A = [(0.5 + 0.5 - 2) / 3, (1 - 0.5 - 1) / 3, (2 + 2 - 0.25) / 3] = [-1/3, -1/6, 1.25]
+def test_p3o_lambda_surprise_keeps_known_zeros_whole(kernels):
+    mu = torch.tensor([[0.5, 1.0, 2.0], [1.0, 0.5, 1.0], [2.0, 1.0, 0.5]]).reshape(3, 3, 1)
+    inputs = dict(rewards=col(1, 2, 4), terminations=col(0, 1, 0), truncations=col(0, 0, 0), mu=mu,
+                  mu_next=torch.tensor([[3.0], [0.25], [1.0]]), weight=torch.ones(3))
+    adv, _, _ = kernels.p3o_advantage(**inputs, normalize_max=False, lam=0.5)
+    assert_close(adv, col(-1 / 3, -1 / 6, 1.25), **EXACT)
+    ref_adv, _, _ = p3o_reference(**inputs, normalize="sum", lam=0.5)
+    assert_close(ref_adv, col(-1 / 3, -1 / 6, 1.25).double(), **TOL)
+
+
 @pytest.mark.parametrize("seed, T, H, N", P3O_CASES)
 def test_surprise_lambda_reference_at_one_is_the_observed_surprise(seed, T, H, N):
     # the forward sum telescopes: at lambda = 1 it is y - mu on every entry a row uses

@@ -154,14 +154,15 @@ def p3o_lambda_vectorized(rewards, terminations, truncations, mu, mu_next, preci
     goes_on = (1 - term) * (truncations == 0).float()  # the episode goes on after step t
     e = torch.empty_like(mu)
     later = torch.zeros_like(mu_next)  # e_{t+1}, [H, N]
+    later_zero = torch.zeros_like(mu_next, dtype=torch.bool)  # e_{t+1}[k] predicts a known zero
     for t in range(T - 1, -1, -1):
         mu_after = mu[t + 1] if t < T - 1 else mu_next
         carry = goes_on[t] * later[:-1] if t < T - 1 else 0.0
+        known_zero = (term[t] > 0) | ((goes_on[t] > 0) & later_zero[:-1])  # [H - 1, N]: for k = 1 .. H-1
         e[t, 0] = rewards[t] - mu[t, 0]
-        e[t, 1:] = (1 - term[t]) * mu_after[:-1] - mu[t, 1:] + lam * carry
+        e[t, 1:] = torch.where(known_zero, -mu[t, 1:], (1 - term[t]) * mu_after[:-1] - mu[t, 1:] + lam * carry)
         later = e[t]
-    targets, known, live, _ = p3o_rows_vectorized(rewards, terminations, truncations, mu_next)
-    e = torch.where((known > 0) & (live == 0), targets - mu, e)  # known zeros: the observed surprise
+        later_zero = torch.cat([torch.zeros_like(known_zero[:1]), known_zero])
     return p3o_vectorized(rewards, terminations, truncations, mu, mu_next, precision, normalize_max, surprise=e)
 
 

@@ -170,6 +170,12 @@ def _binomial_pmf(n, q):
     return np.exp(log_comb + k * math.log(q) + (n - k) * math.log1p(-q))
 
 
+def _invests_mod(n, invest_prob, D):
+    """[D]: entry p is the probability that n steps, each investing with invest_prob, invest a number
+    of times equal to p mod D (how far they move the counter)."""
+    return np.bincount(np.arange(n + 1) % D, weights=_binomial_pmf(n, invest_prob), minlength=D)
+
+
 def _invest_prob(invest_prob):
     if isinstance(invest_prob, bool) or not isinstance(invest_prob, numbers.Real) or not 0.0 <= invest_prob <= 1.0:
         raise ValueError(f"TwoHorizons: invest_prob must be a number in [0, 1], got {invest_prob!r}")
@@ -182,8 +188,7 @@ def _advantages_at(t, invest_prob, d, D, R, L):
     leave the counter exactly one short of a cycle (p + invests = -1 mod D): then one more invest now
     completes one more cycle inside the episode. It loses the collect's +1 while that is still paid
     (t + d <= L - 1)."""
-    rest = L - t - 1
-    by_residue = np.bincount(np.arange(rest + 1) % D, weights=_binomial_pmf(rest, invest_prob), minlength=D)
+    by_residue = _invests_mod(L - t - 1, invest_prob, D)
     return R * by_residue[(D - 1 - np.arange(D)) % D] - (1.0 if t + d <= L - 1 else 0.0)
 
 
@@ -210,7 +215,7 @@ def mean_invest_advantage(invest_prob, near_delay=3, far_delay=100, far_reward=N
     q = _invest_prob(invest_prob)
     mean = better = worse = 0.0
     for t in range(L):
-        visits = np.bincount(np.arange(t + 1) % D, weights=_binomial_pmf(t, q), minlength=D)  # P(progress = p)
+        visits = _invests_mod(t, q, D)  # P(progress = p at step t)
         adv = _advantages_at(t, q, d, D, R, L)
         mean += visits @ adv
         better += visits[adv > 1e-12].sum()  # (a tie, to rounding, counts as neither)

@@ -483,29 +483,6 @@ def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, mi
     return sigma2
 
 
-def tau_weight(kernels, rewards, terminations, truncations, mus, mu_next, actions, num_actions):
-    """Prototype: per offset k, the share of the surprise e_t[k] = y_{t+k} - mu_t[k] (known entries)
-    that the action a_t explains across the batch: tau_k^2 = between-action variance of e[k] less its
-    sampling noise (G - 1) W_k / n_k, W_k = within-action variance; weight[k] = tau^2 / (tau^2 + W)."""
-    targets, known, _ = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
-    e = (targets - mus) * known  # [T, H, N]
-    n = known.sum((0, 2))  # [H]
-    mean = e.sum((0, 2)) / n.clamp(min=1)
-    between = torch.zeros_like(n)
-    groups = torch.zeros_like(n)
-    for a in range(num_actions):
-        mask = known * (actions == a).float().unsqueeze(1)  # [T, H, N]
-        n_a = mask.sum((0, 2))
-        mean_a = (e * mask).sum((0, 2)) / n_a.clamp(min=1)
-        between += n_a * (mean_a - mean) ** 2
-        groups += (n_a > 0).float()
-    total = (known * (e - mean[None, :, None]) ** 2).sum((0, 2))
-    within = (total - between).clamp(min=0) / (n - groups).clamp(min=1)  # W_k, unbiased
-    tau2 = (between / n.clamp(min=1) - (groups - 1).clamp(min=0) * within / n.clamp(min=1)).clamp(min=0)
-    weight = torch.where(n > groups, tau2 / (tau2 + within).clamp(min=1e-12), torch.zeros_like(tau2))
-    return weight
-
-
 def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: float) -> torch.Tensor:
     """weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2), any shape: the precision above c times chance.
     sigma_r^2 = 0 drops the chance term; sigma^2 = inf (unmeasured) gives 0; sigma^2 is floored at
@@ -827,16 +804,14 @@ if __name__ == "__main__":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            if os.environ.get("P3O_TAU"):  # prototype: weight[k] = tau_k^2 / (tau_k^2 + W_k), action-explained share
-                weight = tau_weight(kernels, rewards, terminations, truncations, mus, mu_next, actions, envs.single_action_space.n).contiguous()
-            elif args.weight_rule == "precision":
+            if args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
-            normalize=args.weight_rule == "precision" and not os.environ.get("P3O_TAU"), lam=args.surprise_lambda,
+            normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
         )
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)

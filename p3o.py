@@ -489,9 +489,6 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
     1e-12. A non-finite result (from a NaN sigma^2: the critic diverged) stops the run."""
     chance = chance_coef / sigma_r2 if sigma_r2 > 0 else 0.0
     weight = (1 / sigma2.clamp(min=1e-12) - chance).clamp(min=0)
-    cap = float(os.environ.get("P3O_CAP", "0"))  # prototype: no offset above cap x the median measured weight
-    if cap > 0 and weight.dim() == 1 and (weight > 0).any():
-        weight = weight.clamp(max=cap * weight[weight > 0].median())
     if not torch.isfinite(weight).all():
         sys.exit(f"error: the P3O weight is not finite ({int((~torch.isfinite(weight)).sum())} NaN or inf "
                  f"of {weight.numel()}): sigma[k]^2 has NaN, so the critic's predictions are not finite")

@@ -901,6 +901,8 @@ if __name__ == "__main__":
         writer.add_scalar("p3o/sigma_r", sigma_r2.sqrt().item(), global_step)
         writer.add_scalar("p3o/effective_horizon", ((ks * w).sum() / w.sum().clamp(min=1e-12)).item(), global_step)
         writer.add_scalar("p3o/credited_steps", (weight_k > 0).sum().item(), global_step)
+        writer.add_scalar("p3o/peak_offset", w.argmax().item(), global_step)  # the k that weighs most, and its share
+        writer.add_scalar("p3o/peak_share", (w.max() / w.sum().clamp(min=1e-12)).item(), global_step)
         writer.add_scalar("p3o/explained_variance_mu0", explained_var_mu0, global_step)
         if args.weight_rule == "action":  # each row's share of surprise its action explains, and the rows used
             row_share = weight.amax(1)  # [T, N]

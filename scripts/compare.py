@@ -24,10 +24,13 @@ What --out holds:
     runs.csv      one row per run: label, game, seed, total_timesteps, final_return (mean return of
                   the games that ended in the last 10% of the steps), wall_time_s, sps (mean of
                   charts/SPS), status (queued: submitted, not started yet; running; finished; failed;
-                  interrupted), how it was run, and the node whose disk holds its TensorBoard folder
+                  interrupted), how it was run, the node whose disk holds its TensorBoard folder, and
+                  for P3O effective_horizon (its last p3o/effective_horizon) and peaked_percent (the
+                  percentage of updates whose p3o/peak_share was above 0.5)
     curves.png    the comparison: a panel per game, mean over seeds with a min..max (or std) band
     horizon_sweep.png   the same for a horizon sweep, plus the final return against H
-    summary.md    label x game: final return mean +- std over seeds (n seeds)
+    summary.md    label x game: final return and area under the curve, mean +- std over seeds (n
+                  seeds), and for P3O the two columns above
     logs/         the stdout + stderr of each run (written as it runs on the node running it, and
                   here by this process when it ends)
 
@@ -66,7 +69,7 @@ RESULT_COLUMNS = ["algo", "game", "seed", "step", "episodic_return"]
 RUN_COLUMNS = [
     "label", "game", "seed", "total_timesteps", "final_return", "wall_time_s", "sps", "status",
     "episodes", "last_step", "algo", "exp_name", "config", "args", "run_dir", "returncode", "log", "node",
-    "effective_horizon",
+    "effective_horizon", "peaked_percent",
 ]  # fmt: skip
 FINAL_FRACTION = 0.10  # final_return: the games that ended in the last 10% of the steps
 AUC_BINS = 100  # area under the curve: the mean of the curve over this many equal spans of steps
@@ -344,7 +347,8 @@ def stop_group(proc, grace=30.0):
 
 
 def read_events(run_dir: Path):
-    """(episodes [(step, return)], SPS values, last step, {tag: last value}) from a run's TensorBoard files."""
+    """(episodes [(step, return)], SPS values, last step, {tag: last value}, {tag: every value}) from a run's
+    TensorBoard files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
@@ -353,7 +357,8 @@ def read_events(run_dir: Path):
     episodes = [(e.step, e.value) for e in scalars.get("charts/episodic_return", [])]
     sps = scalars.get("charts/SPS", [])
     last_step = max([s.step for s in sps] + [s for s, _ in episodes] + [0])
-    return episodes, [s.value for s in sps], last_step, {tag: values[-1].value for tag, values in scalars.items() if values}
+    last = {tag: values[-1].value for tag, values in scalars.items() if values}
+    return episodes, [s.value for s in sps], last_step, last, {tag: [v.value for v in values] for tag, values in scalars.items()}
 
 
 def run_on_worker(argv, out, run_name, log_name, threads, start_log=None):
@@ -391,10 +396,11 @@ def run_on_worker(argv, out, run_name, log_name, threads, start_log=None):
         log.seek(0)
         text = log.read()
     found = folders()
-    episodes, sps, last_step, last = read_events(found[-1]) if found else ([], [], 0, {})
+    episodes, sps, last_step, last, series = read_events(found[-1]) if found else ([], [], 0, {}, {})
     return dict(
         returncode=proc.returncode, wall=time.time() - start, log=text, node=socket.gethostname(), resumed=resumed,
         run_dir=str(found[-1].relative_to(out)) if found else "", episodes=episodes, sps=sps, last_step=last_step, last=last,
+        peak_share=series.get("p3o/peak_share", []),
     )  # fmt: skip
 
 
@@ -841,9 +847,9 @@ def summary_table(store: Store):
         area_under_curve(episodes, int(store.runs[(label, game, seed)]["last_step"] or 0) or max([s for s, _ in episodes] + [1]))
         for seed, episodes in curves[(label, game)].items()
     ]
-    horizon = lambda label, game: [  # noqa: E731
-        float(store.runs[k]["effective_horizon"]) for k in finished if k[:2] == (label, game) and store.runs[k].get("effective_horizon")
-    ]
+    column = lambda name: lambda label, game: seed_stats([  # noqa: E731  (a P3O column of runs.csv, over seeds)
+        float(store.runs[k][name]) for k in finished if k[:2] == (label, game) and store.runs[k].get(name)
+    ])
     tables = [
         (f"Final return: mean of the games that ended in the last {FINAL_FRACTION:.0%} of each run's steps, "
          "then mean +- std over seeds (n seeds).", lambda label, game: final_stats(store, label, game)),
@@ -853,7 +859,10 @@ def summary_table(store: Store):
     ]  # fmt: skip
     if any(row.get("effective_horizon") for row in store.runs.values()):
         tables.append(("P3O's effective horizon at the end of the run (p3o/effective_horizon), mean +- std over seeds.",
-                       lambda label, game: seed_stats(horizon(label, game))))  # fmt: skip
+                       column("effective_horizon")))  # fmt: skip
+    if any(row.get("peaked_percent") for row in store.runs.values()):
+        tables.append(("P3O: the percentage of updates in which one offset held more than half of a row's weight "
+                       "(p3o/peak_share > 0.5), mean +- std over seeds.", column("peaked_percent")))  # fmt: skip
     lines = []
     for title, stats in tables:
         lines += ([""] if lines else []) + [title, "", "| label | " + " | ".join(games) + " |", "| --- |" + " --- |" * len(games)]
@@ -874,15 +883,19 @@ def report(store: Store, args):
     write_summary(args, summary_table(store))
 
 
-def effective_horizon_column(run: Run, result):
-    """P3O's p3o/effective_horizon at the end of the run (the summary's third table)."""
-    last = result["last"].get("p3o/effective_horizon")
-    return {"effective_horizon": f"{last:.2f}"} if last is not None else {}
+def p3o_columns(run: Run, result):
+    """P3O's p3o/effective_horizon at the end of the run, and the share of its updates in which one offset
+    held more than half the weight (p3o/peak_share > 0.5), in percent: the summary's last two tables."""
+    last, shares = result["last"].get("p3o/effective_horizon"), result.get("peak_share", [])
+    row = {"effective_horizon": f"{last:.2f}"} if last is not None else {}
+    if shares:
+        row["peaked_percent"] = f"{100 * sum(s > 0.5 for s in shares) / len(shares):.1f}"
+    return row
 
 
 COMPARE = Experiment(
     run_columns=RUN_COLUMNS,
-    finished_columns=effective_horizon_column,
+    finished_columns=p3o_columns,
     result_columns=RESULT_COLUMNS,
     key=lambda row: (row["label"], row["game"], int(row["seed"])),
     result_key=lambda row: (row["algo"], row["game"], int(row["seed"])),

@@ -327,3 +327,32 @@ def test_store_gzips_results_and_reads_a_plain_csv(tmp_path):
     # Both files: the .gz is the one read
     write_csv(tmp_path / "results.csv", RESULT_COLUMNS, results[:3])
     assert Store(tmp_path, COMPARE).results[("p3o", "G", 1)] == results
+
+
+def test_peaked_percent_counts_updates_above_half(tmp_path):
+    """peaked_percent: the percentage of updates whose p3o/peak_share is above 0.5 (0.5 itself is not),
+    read from the run's TensorBoard file; the summary gets its table only where runs have the column."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from scripts.compare import COMPARE, RESULT_COLUMNS, RUN_COLUMNS, Store, p3o_columns, read_events, summary_table, write_csv
+
+    writer = SummaryWriter(tmp_path / "run")
+    for step, share in enumerate([0.1, 0.6, 0.5, 0.9, 0.2, 0.51, 0.3, 0.05]):
+        writer.add_scalar("p3o/peak_share", share, step)
+        writer.add_scalar("p3o/effective_horizon", 10.0 + step, step)
+    writer.close()
+    episodes, sps, last_step, last, series = read_events(tmp_path / "run")
+    assert [round(s, 6) for s in series["p3o/peak_share"]] == [0.1, 0.6, 0.5, 0.9, 0.2, 0.51, 0.3, 0.05]  # float32
+    assert p3o_columns(None, {"last": last, "peak_share": series["p3o/peak_share"]}) == {"effective_horizon": "17.00", "peaked_percent": "37.5"}
+    assert p3o_columns(None, {"last": {}, "peak_share": []}) == {}  # PPO + GAE: neither column
+
+    results = [{"algo": a, "game": "G", "seed": "1", "step": str(8 * i), "episodic_return": "1"} for a in ("p3o", "ppo") for i in range(1, 50)]
+    runs = [{"label": "p3o", "game": "G", "seed": 1, "status": "finished", "last_step": 400, "effective_horizon": "17.00", "peaked_percent": "37.5"},
+            {"label": "ppo", "game": "G", "seed": 1, "status": "finished", "last_step": 400}]  # fmt: skip
+    write_csv(tmp_path / "runs.csv", RUN_COLUMNS, runs)
+    write_csv(tmp_path / "results.csv", RESULT_COLUMNS, results)
+    table = summary_table(Store(tmp_path, COMPARE))
+    assert "p3o/peak_share > 0.5" in table and "| p3o | 37.5 +- 0.0 (n=1) |" in table and "| ppo | n/a |" in table
+    runs[0]["peaked_percent"] = ""  # a folder from before the column: no such table
+    write_csv(tmp_path / "runs.csv", RUN_COLUMNS, runs)
+    assert "peak_share" not in summary_table(Store(tmp_path, COMPARE))

@@ -56,6 +56,10 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
     if script == "p3o.py":
         last_k = int(extra[extra.index("--horizon") + 1]) - 1 if "--horizon" in extra else 31
         assert {"p3o/sigma_r", "p3o/effective_horizon", "p3o/sigma/k000", f"p3o/weight/k{last_k:03d}"} <= tags
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        shares, peaks = [e.value for e in events.Scalars("p3o/peak_share")], [e.value for e in events.Scalars("p3o/peak_offset")]
+        assert shares and all(0 <= s <= 1 for s in shares) and all(p == int(p) and 0 <= p <= last_k for p in peaks)
         action_rule_tags = {"p3o/action_share_mean", "p3o/action_share_max", "p3o/complete_rows"}
         assert action_rule_tags <= tags if "action" in extra else not action_rule_tags & tags
     checkpoint = next(run_dir.glob("*.pt"))

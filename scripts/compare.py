@@ -357,8 +357,8 @@ def read_events(run_dir: Path):
     episodes = [(e.step, e.value) for e in scalars.get("charts/episodic_return", [])]
     sps = scalars.get("charts/SPS", [])
     last_step = max([s.step for s in sps] + [s for s, _ in episodes] + [0])
-    last = {tag: values[-1].value for tag, values in scalars.items() if values}
-    return episodes, [s.value for s in sps], last_step, last, {tag: [v.value for v in values] for tag, values in scalars.items()}
+    series = {tag: [v.value for v in values] for tag, values in scalars.items()}
+    return episodes, [s.value for s in sps], last_step, {tag: values[-1] for tag, values in series.items() if values}, series
 
 
 def run_on_worker(argv, out, run_name, log_name, threads, start_log=None):
@@ -400,7 +400,7 @@ def run_on_worker(argv, out, run_name, log_name, threads, start_log=None):
     return dict(
         returncode=proc.returncode, wall=time.time() - start, log=text, node=socket.gethostname(), resumed=resumed,
         run_dir=str(found[-1].relative_to(out)) if found else "", episodes=episodes, sps=sps, last_step=last_step, last=last,
-        peak_share=series.get("p3o/peak_share", []),
+        series=series,
     )  # fmt: skip
 
 
@@ -886,7 +886,7 @@ def report(store: Store, args):
 def p3o_columns(run: Run, result):
     """P3O's p3o/effective_horizon at the end of the run, and the share of its updates in which one offset
     held more than half the weight (p3o/peak_share > 0.5), in percent: the summary's last two tables."""
-    last, shares = result["last"].get("p3o/effective_horizon"), result.get("peak_share", [])
+    last, shares = result["last"].get("p3o/effective_horizon"), result.get("series", {}).get("p3o/peak_share", [])
     row = {"effective_horizon": f"{last:.2f}"} if last is not None else {}
     if shares:
         row["peaked_percent"] = f"{100 * sum(s > 0.5 for s in shares) / len(shares):.1f}"

@@ -343,8 +343,9 @@ def test_peaked_percent_counts_updates_above_half(tmp_path):
     writer.close()
     episodes, sps, last_step, last, series = read_events(tmp_path / "run")
     assert [round(s, 6) for s in series["p3o/peak_share"]] == [0.1, 0.6, 0.5, 0.9, 0.2, 0.51, 0.3, 0.05]  # float32
-    assert p3o_columns(None, {"last": last, "peak_share": series["p3o/peak_share"]}) == {"effective_horizon": "17.00", "peaked_percent": "37.5"}
-    assert p3o_columns(None, {"last": {}, "peak_share": []}) == {}  # PPO + GAE: neither column
+    assert last["p3o/effective_horizon"] == 17.0 and last["p3o/peak_share"] == series["p3o/peak_share"][-1]
+    assert p3o_columns(None, {"last": last, "series": series}) == {"effective_horizon": "17.00", "peaked_percent": "37.5"}
+    assert p3o_columns(None, {"last": {}, "series": {}}) == {}  # PPO + GAE: neither column
 
     results = [{"algo": a, "game": "G", "seed": "1", "step": str(8 * i), "episodic_return": "1"} for a in ("p3o", "ppo") for i in range(1, 50)]
     runs = [{"label": "p3o", "game": "G", "seed": 1, "status": "finished", "last_step": 400, "effective_horizon": "17.00", "peaked_percent": "37.5"},

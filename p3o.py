@@ -474,11 +474,6 @@ def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, mi
     squared_error = (live * (targets - mus) ** 2).sum((0, 2))
     measured = live_count >= max(min_rows, 1)
     sigma2 = torch.where(measured, squared_error / live_count.clamp(min=1), torch.inf)
-    if os.environ.get("P3O_UCB"):  # PROTOTYPE: the one-sided (1 - alpha) upper bound on sigma[k]^2 from n live rows
-        from scipy.stats import chi2
-        alpha = float(os.environ["P3O_UCB"])
-        q = torch.tensor(chi2.ppf(alpha, live_count.clamp(min=1).cpu().double().numpy()), dtype=sigma2.dtype, device=sigma2.device)
-        sigma2 = torch.where(measured, squared_error / q, torch.inf)
     if prior_rows > 0:  # H scalars in order of k, on the CPU: one copy, no per-k device sync
         errors_k, rows_k, shrunk = squared_error.tolist(), live_count.tolist(), sigma2.tolist()
         for k in range(1, len(shrunk)):

@@ -275,8 +275,6 @@ class TwoHorizons(gym.Env):
         self._t = 0
         self._queue = 0
         self._done = False
-        if seed is not None and __import__("os").environ.get("P3O_DESYNC"):  # PROTOTYPE: first episode joined at a random time
-            self._t = int(self.np_random.integers(self.episode_length))
         return self._observation(), {}
 
     def step(self, action):

@@ -31,7 +31,16 @@ Observation: float32, shape (2 + near_delay,), every entry in [0, 1], Markov:
     [1]      steps remaining / episode_length (1 after reset, 0 in the terminal observation)
     [2 + j]  1 if a near reward is pending that arrives j + 1 steps from now (the reward of the
              (j + 1)-th next step), else 0; j = 0 .. near_delay - 1
-Actions: Discrete(2). Deterministic: no randomness at all (seeding is accepted and changes nothing).
+Actions: Discrete(2). Deterministic: no randomness at all (seeding is accepted and changes nothing),
+unless `staggered`.
+
+Staggered starts (`staggered=True`): the first episode after a seeded reset, which is how a vector
+env starts its envs (env i gets seed + i), joins at a step drawn uniformly from 0 .. episode_length - 1
+(the observation's time left says so, and that episode ends early, with less return); every later
+episode starts at step 0. Without it the N envs of a batch run in lock-step forever, every rollout
+row t showing the same step of the episode in every env, which no Atari batch does: P3O measures
+sigma[k] over a rollout's rows, and lock-step makes each far offset a measurement of one episode
+step only (docs/results.md, "Staggered episodes"). The returns below are those of a full episode.
 
 Returns (L = episode_length, D = far_delay, R = far_reward, d = near_delay):
     myopic_return  = max(0, L - d)   always collect: collects in the last d steps are never paid.
@@ -65,6 +74,7 @@ Registered ids (on import of this module; re-importing is harmless):
     TwoHorizons-far{D}-v0     for D in VARIANT_DELAYS (10, 20, 30, 50, 100, 200, 300): near_delay 3,
                               far_delay D, far_reward 2 D, episode_length 4 D + D // 2; for the training
                               scripts, whose --env-id passes an id and no kwargs.
+    TwoHorizons-far{D}-staggered-v0   the same with staggered=True.
 """
 
 from __future__ import annotations
@@ -112,8 +122,8 @@ def variant_params(far_delay):
     return dict(near_delay=VARIANT_NEAR_DELAY, far_delay=far_delay, far_reward=2 * far_delay, episode_length=4 * far_delay + far_delay // 2)
 
 
-def variant_id(far_delay):
-    return f"TwoHorizons-far{far_delay}-v0"
+def variant_id(far_delay, staggered=False):
+    return f"TwoHorizons-far{far_delay}{'-staggered' if staggered else ''}-v0"
 
 
 def optimal_return(near_delay=3, far_delay=100, far_reward=None, episode_length=None):
@@ -240,12 +250,15 @@ class TwoHorizons(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, near_delay=3, far_delay=100, far_reward=None, episode_length=None, render_mode=None):
+    def __init__(self, near_delay=3, far_delay=100, far_reward=None, episode_length=None, staggered=False, render_mode=None):
         if render_mode is not None:
             raise ValueError(f"TwoHorizons: no render modes, got render_mode={render_mode!r}")
         self.near_delay, self.far_delay, self.far_reward, self.episode_length = resolve_params(
             near_delay, far_delay, far_reward, episode_length
         )
+        if not isinstance(staggered, bool):
+            raise ValueError(f"TwoHorizons: staggered must be True or False, got {staggered!r}")
+        self.staggered = staggered
         self.render_mode = None
         self.observation_space = spaces.Box(0.0, 1.0, shape=(2 + self.near_delay,), dtype=np.float32)
         self.action_space = spaces.Discrete(2)
@@ -275,6 +288,8 @@ class TwoHorizons(gym.Env):
         self._t = 0
         self._queue = 0
         self._done = False
+        if self.staggered and seed is not None:  # join the first episode at a random step (module docstring)
+            self._t = int(self.np_random.integers(self.episode_length))
         return self._observation(), {}
 
     def step(self, action):
@@ -304,8 +319,10 @@ def _register():
     if "TwoHorizons-v0" not in gym.registry:
         gym.register(id="TwoHorizons-v0", entry_point=entry)
     for far_delay in VARIANT_DELAYS:
-        if variant_id(far_delay) not in gym.registry:
-            gym.register(id=variant_id(far_delay), entry_point=entry, kwargs=variant_params(far_delay))
+        for staggered in (False, True):
+            if variant_id(far_delay, staggered) not in gym.registry:
+                kwargs = variant_params(far_delay) | ({"staggered": True} if staggered else {})
+                gym.register(id=variant_id(far_delay, staggered), entry_point=entry, kwargs=kwargs)
 
 
 _register()

@@ -166,12 +166,49 @@ def test_seeding_determinism():
         np.testing.assert_array_equal(a, b)
 
 
+def episode_steps(env, **reset_kwargs):
+    """(time-left feature after the reset, number of steps until termination) of one episode of collects."""
+    obs, _ = env.reset(**reset_kwargs)
+    steps, term = 0, False
+    while not term:
+        _, _, term, _, _ = env.step(COLLECT)
+        steps += 1
+    return obs[1], steps
+
+
+def test_staggered_first_episode_joins_late_and_later_ones_start_at_zero():
+    L = SMALL["episode_length"]
+    starts = set()
+    for seed in range(20):
+        env = TwoHorizons(**SMALL, staggered=True)
+        time_left, steps = episode_steps(env, seed=seed)
+        assert steps in range(1, L + 1) and time_left == pytest.approx(steps / L)  # joined at step L - steps
+        starts.add(L - steps)
+        assert episode_steps(env, seed=seed) == (time_left, steps)  # the same seed joins at the same step
+        for _ in range(2):  # unseeded resets (a vector env's autoreset): full episodes
+            assert episode_steps(env) == (1.0, L)
+        assert episode_steps(TwoHorizons(**SMALL), seed=seed) == (1.0, L)  # not staggered: always step 0
+    assert len(starts) >= 3  # the seeds spread the starts
+
+
+def test_staggered_vector_env_stays_out_of_step():
+    for staggered in (False, True):
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make(th.variant_id(10, staggered)) for _ in range(4)])
+        obs, _ = envs.reset(seed=1)
+        phases = [obs[:, 1].copy()]
+        for _ in range(3 * 46):  # three episodes and more (each autoreset takes a step of its own)
+            obs, *_ = envs.step(np.ones(4, dtype=np.int64))
+            phases.append(obs[:, 1].copy())
+        in_step = [len(set(p.tolist())) == 1 for p in phases]  # every env at the same step of its episode
+        assert all(in_step) if not staggered else not any(in_step)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(near_delay=0), dict(near_delay=-1), dict(near_delay=1.5), dict(near_delay=True), dict(near_delay="3"),
      dict(far_delay=0), dict(far_delay=2.0), dict(far_reward=0), dict(far_reward=-1), dict(far_reward=math.nan),
      dict(far_reward=math.inf), dict(far_reward="5"), dict(episode_length=0), dict(episode_length=None, far_delay=-3),
-     dict(render_mode="human")],
+     dict(staggered=1), dict(staggered="yes"), dict(render_mode="human")],
 )  # fmt: skip
 def test_validation_errors(kwargs):
     with pytest.raises(ValueError, match="TwoHorizons"):
@@ -188,7 +225,7 @@ def test_invalid_action():
 
 
 @pytest.mark.parametrize("env_id,kwargs", [("TwoHorizons-v0", SMALL), ("TwoHorizons-v0", dict(near_delay=20)),
-                                           ("TwoHorizons-far10-v0", {})])  # fmt: skip
+                                           ("TwoHorizons-far10-v0", {}), ("TwoHorizons-far10-staggered-v0", {})])  # fmt: skip
 def test_gymnasium_env_checker(env_id, kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checker warning fails the test
@@ -202,6 +239,10 @@ def test_registration_kwargs_and_reimport():
     for far_delay in th.VARIANT_DELAYS:
         env = gym.make(th.variant_id(far_delay)).unwrapped
         assert (env.near_delay, env.far_delay, env.far_reward, env.episode_length) == (3, far_delay, 2 * far_delay, 4 * far_delay + far_delay // 2)
+        assert env.staggered is False
+        staggered = gym.make(th.variant_id(far_delay, staggered=True)).unwrapped
+        assert staggered.spec.id == f"TwoHorizons-far{far_delay}-staggered-v0" and staggered.staggered is True
+        assert (staggered.near_delay, staggered.far_delay, staggered.far_reward, staggered.episode_length) == (env.near_delay, env.far_delay, env.far_reward, env.episode_length)
     importlib.reload(th)  # registering again must not fail
     env = gym.make("scripts.two_horizons:TwoHorizons-far10-v0")  # the form the training scripts' --env-id takes
     assert env.spec.id == "TwoHorizons-far10-v0" and env.unwrapped.far_delay == 10

@@ -806,16 +806,6 @@ if __name__ == "__main__":
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
             if args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
-                if os.environ.get("P3O_BOOTVAR2") == "1":  # PROTOTYPE: a bootstrapped term's variance adds its target's own error
-                    T_, H_, N_ = mus.shape
-                    ends = ((terminations + truncations) > 0).float()  # [T, N]
-                    ended_after = ends.flip(0).cummax(0).values.flip(0) > 0  # an episode end at some step in t .. T-1
-                    tk = torch.arange(T_, device=device)[:, None] + torch.arange(H_, device=device)[None, :]  # [T, H]: t + k
-                    boot = (tk >= T_)[:, :, None] & ~ended_after[:, None, :]  # [T, H, N]
-                    j = (tk - T_).clamp(min=0, max=H_ - 1)
-                    boot_weight = precision_weight(sigma2[None, :] + sigma2[j], sigma_r2, args.chance_coef)  # [T, H]
-                    weight = torch.where(boot, boot_weight[:, :, None], weight[None, :, None]).contiguous()
-                    writer.add_scalar("p3o/boot_share", float(boot.float().mean()), global_step)
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)

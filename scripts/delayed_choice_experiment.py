@@ -5,10 +5,10 @@
     python scripts/delayed_choice_experiment.py --summary --out results/delayed_choice   # the table
 
 Each (config, bonus, seed) trains once, for --total-timesteps, on DelayedChoice-bonus{i}-v0 (with
---clock, DelayedChoice-clock-bonus{i}-v0; with --staggered, the staggered variants). The score of a run is the fraction of the episodes finished
-in the last 10% of its steps whose return is the bonus reward (the return of an episode is the reward
-of its choice, so it reveals the choice). --summary prints the table: per config and bonus delay, the
-mean score over seeds and each seed's.
+--clock, DelayedChoice-clock-bonus{i}-v0; with --staggered, the staggered variants of either). The
+score of a run is the fraction of the episodes finished in the last 10% of its steps whose return is
+the bonus reward (the return of an episode is the reward of its choice, so it reveals the choice).
+--summary prints the table: per config and bonus delay, the mean score over seeds and each seed's.
 
 This is a configuration of the runner in scripts/compare.py (its pool on Ray, its store, its resume
 and its flags: --jobs, --address, --cpus-per-run, ... see `--help`), like scripts/horizon_experiment.py.

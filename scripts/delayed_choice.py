@@ -24,7 +24,15 @@ Observation: float32, shape (1 + len(delays),), Markov:
     [1 + i]  1 if choice i was made (all 0 before the choice)
 With clock=True, episode_length + 1 more entries follow: a one-hot of the step count t (0 after
 reset, episode_length in the terminal observation), a clock a small network can read step by step.
-Deterministic: seeding is accepted and changes nothing.
+Deterministic: seeding is accepted and changes nothing, unless `staggered`.
+
+Staggered starts (`staggered=True`): the first episode after a seeded reset, which is how a vector
+env starts its envs (env i gets seed + i), joins at a step drawn uniformly from 0 .. episode_length - 1.
+Joined after step 0, that episode has no choice and pays nothing (the observation's time left says
+where it is); every later episode starts at step 0. Without it the N envs of a batch run in
+lock-step forever (every episode lasts episode_length steps), every rollout row t showing the same
+step of the episode in every env; P3O measures sigma[k] over a rollout's rows, and lock-step makes
+each offset a measurement of one episode step only (docs/results.md, "Staggered episodes").
 
 Returns: the return of an episode is the reward of its choice if that choice is paid (delay below
 episode_length), else 0. So `optimal_return` = the largest paid reward, and the return of an episode
@@ -35,6 +43,8 @@ Registered ids (on import of this module; re-importing is harmless):
     DelayedChoice-bonus{i}-v0     i = 0 .. 4: the default delays with the bonus on choice i (delay
                                   1, 3, 10, 30, 100), for the training scripts' --env-id
     DelayedChoice-clock-bonus{i}-v0   the same with clock=True
+    DelayedChoice-staggered-bonus{i}-v0, DelayedChoice-clock-staggered-bonus{i}-v0   the same two
+                                  with staggered=True
     DelayedChoice-malus{i}-v0     the control: choice i pays 0.9 instead (bonus_reward 0.9). A learner
                                   that credits every delay alike avoids it; one biased towards delay i
                                   picks it anyway, and the return 0.9 shows it.
@@ -88,9 +98,12 @@ class DelayedChoice(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, delays=DEFAULT_DELAYS, bonus=0, bonus_reward=DEFAULT_BONUS_REWARD, episode_length=None,
-                 clock=False, render_mode=None):
+                 clock=False, staggered=False, render_mode=None):
         if render_mode is not None:
             raise ValueError(f"DelayedChoice: no render modes, got render_mode={render_mode!r}")
+        if not isinstance(staggered, bool):
+            raise ValueError(f"DelayedChoice: staggered must be True or False, got {staggered!r}")
+        self.staggered = staggered
         self.delays, self.bonus, self.bonus_reward, self.episode_length = resolve_params(
             delays, bonus, bonus_reward, episode_length
         )
@@ -119,6 +132,8 @@ class DelayedChoice(gym.Env):
         self._choice = None
         self._t = 0
         self._done = False
+        if self.staggered and seed is not None:  # join the first episode at a random step (module docstring)
+            self._t = int(self.np_random.integers(self.episode_length))
         return self._observation(), {}
 
     def step(self, action):
@@ -129,7 +144,7 @@ class DelayedChoice(gym.Env):
         if self._t == 0:
             self._choice = int(action)  # the only action that matters
         reward = 0.0
-        if self._t == self.delays[self._choice]:
+        if self._choice is not None and self._t == self.delays[self._choice]:  # None: joined after the choice
             reward = self.bonus_reward if self._choice == self.bonus else 1.0
         self._t += 1
         terminated = self._t >= self.episode_length
@@ -137,12 +152,12 @@ class DelayedChoice(gym.Env):
         return self._observation(), reward, terminated, False, {}
 
 
-def variant_id(bonus):
-    return f"DelayedChoice-bonus{bonus}-v0"
+def variant_id(bonus, staggered=False):
+    return f"DelayedChoice{'-staggered' if staggered else ''}-bonus{bonus}-v0"
 
 
-def clock_id(bonus):
-    return f"DelayedChoice-clock-bonus{bonus}-v0"
+def clock_id(bonus, staggered=False):
+    return f"DelayedChoice-clock{'-staggered' if staggered else ''}-bonus{bonus}-v0"
 
 
 def malus_id(choice):
@@ -158,10 +173,12 @@ def _register():
     if "DelayedChoice-v0" not in gym.registry:
         gym.register(id="DelayedChoice-v0", entry_point=entry)
     for bonus in range(len(DEFAULT_DELAYS)):
-        if variant_id(bonus) not in gym.registry:
-            gym.register(id=variant_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus))
-        if clock_id(bonus) not in gym.registry:
-            gym.register(id=clock_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, clock=True))
+        for staggered in (False, True):
+            more = {"staggered": True} if staggered else {}
+            if variant_id(bonus, staggered) not in gym.registry:
+                gym.register(id=variant_id(bonus, staggered), entry_point=entry, kwargs=dict(bonus=bonus) | more)
+            if clock_id(bonus, staggered) not in gym.registry:
+                gym.register(id=clock_id(bonus, staggered), entry_point=entry, kwargs=dict(bonus=bonus, clock=True) | more)
         if malus_id(bonus) not in gym.registry:
             gym.register(id=malus_id(bonus), entry_point=entry, kwargs=dict(bonus=bonus, bonus_reward=0.9))
         if clock_malus_id(bonus) not in gym.registry:

@@ -5,10 +5,10 @@
     python scripts/delayed_choice_experiment.py --summary --out results/delayed_choice   # the table
 
 Each (config, bonus, seed) trains once, for --total-timesteps, on DelayedChoice-bonus{i}-v0 (with
---clock, DelayedChoice-clock-bonus{i}-v0). The score of a run is the fraction of the episodes finished
-in the last 10% of its steps whose return is the bonus reward (the return of an episode is the reward
-of its choice, so it reveals the choice). --summary prints the table: per config and bonus delay, the
-mean score over seeds and each seed's.
+--clock, DelayedChoice-clock-bonus{i}-v0; with --staggered, the staggered variants of either). The
+score of a run is the fraction of the episodes finished in the last 10% of its steps whose return is
+the bonus reward (the return of an episode is the reward of its choice, so it reveals the choice).
+--summary prints the table: per config and bonus delay, the mean score over seeds and each seed's.
 
 This is a configuration of the runner in scripts/compare.py (its pool on Ray, its store, its resume
 and its flags: --jobs, --address, --cpus-per-run, ... see `--help`), like scripts/horizon_experiment.py.
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--config", action="append", default=[], help='"LABEL=p3o.py|ppo_gae.py --flag value ...", repeated')
     p.add_argument("--bonus", nargs="+", type=int, default=[0], help=f"the bonus choice i (its delay: {DEFAULT_DELAYS}[i])")
     p.add_argument("--clock", action="store_true", help="the DelayedChoice-clock-bonus{i}-v0 variants")
+    p.add_argument("--staggered", action="store_true", help="the staggered variants (DelayedChoice-staggered-bonus{i}-v0, ...)")
     p.add_argument("--summary", dest="plot_only", action="store_true", help="run nothing: print the table of OUT/runs.csv")
     args = parse_runner_args(p, argv)
     if args.ppo_args or args.p3o_args:
@@ -67,7 +68,7 @@ def plan_runs(args) -> list[Run]:
     runs = []
     for label, algo, extra in args.configs:
         for bonus in args.bonus:
-            env_id = f"scripts.delayed_choice:{(clock_id if args.clock else variant_id)(bonus)}"
+            env_id = f"scripts.delayed_choice:{(clock_id if args.clock else variant_id)(bonus, args.staggered)}"
             for seed in args.seeds:
                 ids = {"label": label, "bonus": bonus, "bonus_delay": DEFAULT_DELAYS[bonus], "seed": seed}
                 result_ids = {"label": label, "bonus": bonus, "seed": seed}

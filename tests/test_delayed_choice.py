@@ -131,6 +131,64 @@ def test_clock_variant():
     assert [sum(play(env, [c] + [0] * 100)[0]) for c in range(5)] == dc.choice_rewards(bonus=0)
 
 
+def rest_of_episode(env, action):
+    """The rewards of the steps left in the current episode, always playing `action`."""
+    rewards, terminated = [], False
+    while not terminated:
+        _, r, terminated, truncated, _ = env.step(action)
+        assert not truncated
+        rewards.append(r)
+    return rewards
+
+
+def test_staggered_first_episode_joins_late_and_later_ones_start_at_zero():
+    # delays (1, 2), bonus 0, 4-step episodes: choice 0 pays 1.1 at step 1, choice 1 pays 1 at step 2
+    L = 4
+    starts = set()
+    for seed in range(20):
+        env = dc.DelayedChoice(delays=(1, 2), episode_length=L, staggered=True)
+        obs, _ = env.reset(seed=seed)
+        start = L - round(obs[0] * L)  # the step it joined at, from the observation's time left
+        assert obs[1:].tolist() == [0.0, 0.0]  # no choice made
+        starts.add(start)
+        # joined at step 0: the choice is made and paid; joined later: no choice, nothing paid
+        assert rest_of_episode(env, 1) == ([0.0, 0.0, 1.0, 0.0] if start == 0 else [0.0] * (L - start))
+        assert round(env.reset(seed=seed)[0][0] * L) == L - start  # the same seed joins at the same step
+        assert env.reset()[0].tolist() == [1.0, 0.0, 0.0]  # unseeded resets (a vector env's autoreset): step 0
+        assert rest_of_episode(env, 0) == [0.0, 1.1, 0.0, 0.0]
+        plain = dc.DelayedChoice(delays=(1, 2), episode_length=L)
+        assert plain.reset(seed=seed)[0].tolist() == [1.0, 0.0, 0.0]  # not staggered: always step 0
+    assert starts == {0, 1, 2, 3}  # the seeds spread the starts over every step
+
+
+def test_staggered_vector_env_stays_out_of_step():
+    for staggered in (False, True):
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make(dc.variant_id(1, staggered)) for _ in range(4)])
+        obs, _ = envs.reset(seed=3)
+        phases = [obs[:, 0].copy()]
+        for _ in range(3 * 102):  # three episodes and more (each autoreset takes a step of its own)
+            obs, *_ = envs.step(np.zeros(4, dtype=np.int64))
+            phases.append(obs[:, 0].copy())
+        in_step = [len(set(p.tolist())) == 1 for p in phases]  # every env at the same step of its episode
+        assert all(in_step) if not staggered else not any(in_step)
+
+
+def test_staggered_registered_ids_and_bad_flag():
+    for make_id in (dc.variant_id, dc.clock_id):
+        assert gym.make(make_id(2, True)).unwrapped.staggered is True
+        assert gym.make(make_id(2)).unwrapped.staggered is False
+    clock = gym.make(dc.clock_id(0, True)).unwrapped
+    obs, _ = clock.reset(seed=5)
+    start = 101 - round(obs[0] * 101)
+    assert obs[6 + start] == 1.0 and obs[6:].sum() == 1.0  # the clock shows the step it joined at
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(dc.DelayedChoice(staggered=True), skip_render_check=True)
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match="DelayedChoice: staggered must be True or False"):
+            dc.DelayedChoice(staggered=bad)
+
+
 def test_experiment_through_the_runner(tmp_path, ray_env):
     """scripts/delayed_choice_experiment.py on the runner of scripts/compare.py: one tiny run, its score
     recomputed by hand from the per-episode CSV, then a rerun that skips it and prints the same table."""
@@ -172,3 +230,12 @@ def test_experiment_bad_config(config, message):
         [sys.executable, "scripts/delayed_choice_experiment.py", "--config", config], cwd=ROOT, capture_output=True, text=True
     )  # fmt: skip
     assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, env_id", [([], "DelayedChoice-bonus3-v0"), (["--staggered"], "DelayedChoice-staggered-bonus3-v0"),
+                                           (["--clock", "--staggered"], "DelayedChoice-clock-staggered-bonus3-v0")])  # fmt: skip
+def test_experiment_plans_the_variant(flags, env_id):
+    from scripts.delayed_choice_experiment import parse_args, plan_runs
+
+    (run,) = plan_runs(parse_args(["--bonus", "3", "--seeds", "1", "--config", "p=p3o.py", *flags]))
+    assert run.env_id == f"scripts.delayed_choice:{env_id}" and gym.make(env_id).unwrapped.bonus == 3

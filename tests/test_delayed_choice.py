@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:
 
 import scripts.delayed_choice as dc  # noqa: E402  (registers the ids)
 from test_compare import kill_session, read  # noqa: E402  (ray_env: the fixture in conftest.py)
+from test_two_horizons import in_step  # noqa: E402
 
 
 def play(env, actions):
@@ -162,15 +163,9 @@ def test_staggered_first_episode_joins_late_and_later_ones_start_at_zero():
 
 
 def test_staggered_vector_env_stays_out_of_step():
-    for staggered in (False, True):
-        envs = gym.vector.SyncVectorEnv([lambda: gym.make(dc.variant_id(1, staggered)) for _ in range(4)])
-        obs, _ = envs.reset(seed=3)
-        phases = [obs[:, 0].copy()]
-        for _ in range(3 * 102):  # three episodes and more (each autoreset takes a step of its own)
-            obs, *_ = envs.step(np.zeros(4, dtype=np.int64))
-            phases.append(obs[:, 0].copy())
-        in_step = [len(set(p.tolist())) == 1 for p in phases]  # every env at the same step of its episode
-        assert all(in_step) if not staggered else not any(in_step)
+    for staggered in (False, True):  # three episodes and more (each autoreset takes a step of its own)
+        steps = in_step(dc.variant_id(1, staggered), seed=3, steps=3 * 102, time_left_index=0)
+        assert all(steps) if not staggered else not any(steps)
 
 
 def test_staggered_registered_ids_and_bad_flag():

@@ -127,10 +127,11 @@ class Args:
     """`--advantage-sigma rollout` only (experimental): an offset k measured on fewer live rows of the rollout
     than this gets no weight. Offset k is measured only on the rows t < T - k, so the far ones rest on few
     rewards (8 at k = T - 1 with 8 envs) and one small residual can take a row's weight; 0: every measured k"""
-    sigma_prior_rows: float = 0.0
-    """`--advantage-sigma rollout` only (experimental): shrink each measured sigma[k]^2 toward the nearer
-    offset's, as if m (this many) more rows had measured sigma[k-1]^2 at k: (sum of squared errors +
-    m sigma[k-1]^2) / (live rows + m). A far k measured on few rows then weighs about what its neighbour does; 0: no shrinkage"""
+    sigma_prior_rows: float = 256.0
+    """`--advantage-sigma rollout` only: shrink each measured sigma[k]^2 toward the nearer offset's, as if
+    m (this many) more rows had measured sigma[k-1]^2 at k: (sum of squared errors + m sigma[k-1]^2) /
+    (live rows + m). A far k measured on few rows then weighs about what its neighbour does, and a few
+    small residuals cannot take a row's weight; 0: no shrinkage (P3O as specified; needed with `learned`)"""
     surprise_lambda: float = 1.0
     """lambda in [0, 1] (experimental): discount the later steps' share of each surprise, as GAE's lambda does
     for one value: e_t[k] = d_t[k] + lambda e_{t+1}[k-1], with d_t[k] = mu_{t+1}[k-1] - mu_t[k] (the change
@@ -191,7 +192,8 @@ def check_args(args: Args) -> None:
     if args.sigma_prior_rows < 0:
         errors.append(f"--sigma-prior-rows must not be negative, got {args.sigma_prior_rows}")
     if args.sigma_prior_rows > 0 and args.advantage_sigma != "rollout":
-        errors.append("--sigma-prior-rows shrinks the rollout-measured sigma[k]: it needs --advantage-sigma rollout")
+        errors.append(f"--sigma-prior-rows ({args.sigma_prior_rows:g}) shrinks the rollout-measured sigma[k], which "
+                      "--advantage-sigma learned does not use: add --sigma-prior-rows 0")
     if not 0.0 <= args.surprise_lambda <= 1.0:
         errors.append(f"--surprise-lambda must be in [0, 1], got {args.surprise_lambda}")
     if args.state_sigma and args.advantage_sigma != "learned":

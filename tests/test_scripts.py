@@ -40,8 +40,8 @@ CLEANRL_METRICS = {
     [
         ("ppo_gae.py", []),
         ("p3o.py", ["--horizon", "64"]),
-        ("p3o.py", ["--surprise-lambda", "0.95", "--sigma-prior-rows", "256"]),
-        ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma"]),
+        ("p3o.py", ["--surprise-lambda", "0.95", "--sigma-prior-rows", "0"]),  # no shrinkage: as specified
+        ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma", "--sigma-prior-rows", "0"]),
         ("p3o.py", ["--weight-rule", "action", "--horizon", "16"]),
     ],
 )
@@ -87,7 +87,8 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("p3o.py", ["--sigma-min-rows", "-1"], "--sigma-min-rows must not be negative"),
         ("p3o.py", ["--sigma-min-rows", "64", "--advantage-sigma", "learned"], "--sigma-min-rows counts the rollout's rows"),
         ("p3o.py", ["--sigma-prior-rows", "-1"], "--sigma-prior-rows must not be negative"),
-        ("p3o.py", ["--sigma-prior-rows", "64", "--advantage-sigma", "learned"], "--sigma-prior-rows shrinks the rollout-measured"),
+        ("p3o.py", ["--sigma-prior-rows", "64", "--advantage-sigma", "learned"], "--sigma-prior-rows (64) shrinks the rollout-measured"),
+        ("p3o.py", ["--advantage-sigma", "learned"], "add --sigma-prior-rows 0"),  # the default shrinkage needs rollout
         ("ppo_gae.py", ["--minatar-sticky-prob", "2"], "--minatar-sticky-prob must be in [0, 1]"),
         ("ppo_gae.py", ["--batch-size", "64"], "Unrecognized"),  # computed, not a flag
         ("ppo_gae.py", ["--env-id", "Pendulum-v1", "--device", "cpu"], "Pendulum-v1 has the action space Box"),

@@ -497,6 +497,32 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
     return weight
 
 
+def nstep_weight(kernels, rewards, terminations, truncations, mus, mu_next, sigma2, prior_rows):
+    """PROTOTYPE: an inverse-variance mixture of the n-step surprises S_t[K] = sum_{k<=K} (y_{t+k} - mu_t[k]):
+    omega_K = 1 / Var(S[K]) measured on the rollout's live rows (shrunk toward V[K-1] + sigma2[K]),
+    and the k-th surprise weighs sum_{K>=k} omega_K / sum_K omega_K (1 at k = 0; use max normalization)."""
+    targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+    S = (live * (targets - mus)).cumsum(1)
+    rows = live.sum((0, 2)).tolist()
+    sse = (live * S ** 2).sum((0, 2)).tolist()
+    s2 = sigma2.tolist()
+    V = []
+    for K in range(len(rows)):
+        if rows[K] < 1 or s2[K] == float("inf"):
+            V.append(float("inf"))
+            continue
+        v = sse[K] / rows[K]
+        if K > 0 and V[-1] != float("inf") and prior_rows > 0:
+            v = (sse[K] + prior_rows * (V[-1] + s2[K])) / (rows[K] + prior_rows)
+        if K > 0 and V[-1] != float("inf"):
+            v = max(v, V[-1])
+        V.append(v)
+    V = torch.tensor(V, dtype=sigma2.dtype, device=sigma2.device)
+    omega = torch.where(torch.isfinite(V), 1 / V.clamp(min=1e-12), torch.zeros_like(V))
+    tail = omega.flip(0).cumsum(0).flip(0)
+    return (tail / tail[0].clamp(min=1e-30)).contiguous()
+
+
 def action_weight(tau2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
     """weight [T, H, N] for --weight-rule action: row t's share of surprise that its action explains,
         g_t = sum_k tau2[t, k] / (sum_k tau2[t, k] + sum_k s2[k])   over the measured k (s2 finite),
@@ -806,13 +832,15 @@ if __name__ == "__main__":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
-            if args.weight_rule == "precision":
+            if args.weight_rule == "precision" and os.environ.get("P3O_NSTEP"):
+                weight = nstep_weight(kernels, rewards, terminations, truncations, mus, mu_next, sigma2, args.sigma_prior_rows)
+            elif args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
-            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
+            rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max" or bool(os.environ.get("P3O_NSTEP")),
             normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
         )
 

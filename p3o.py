@@ -512,6 +512,11 @@ def nstep_weight(kernels, rewards, terminations, truncations, mus, mu_next, sigm
             V.append(float("inf"))
             continue
         v = sse[K] / rows[K]
+        if os.environ.get("P3O_NSTEP") == "2":  # variant: shrink toward V[K-1], no cummax
+            if K > 0 and V[-1] != float("inf") and prior_rows > 0:
+                v = (sse[K] + prior_rows * V[-1]) / (rows[K] + prior_rows)
+            V.append(v)
+            continue
         if K > 0 and V[-1] != float("inf") and prior_rows > 0:
             v = (sse[K] + prior_rows * (V[-1] + s2[K])) / (rows[K] + prior_rows)
         if K > 0 and V[-1] != float("inf"):

@@ -533,6 +533,28 @@ def cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next,
                 shrunk[K] = (sums_k[K] + prior_rows * shrunk[K - 1]) / (rows_k[K] + prior_rows)
         variance = torch.tensor(shrunk, dtype=variance.dtype, device=variance.device)
     precision = 1 / variance.clamp(min=1e-12)  # 0 where V = inf
+    if os.environ.get("P3O_CUMCHANCE"):  # PROTOTYPE: V and the chance level C over known targets, omega = max(0, 1/V - 1/C)
+        _, known, _ = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+        # known = inside the episode or its known zeros, before any truncation, inside the rollout or zeros past it;
+        # keep only the terms inside the rollout (no bootstrap): a row's known k are a prefix
+        T, H = mus.shape[0], mus.shape[1]
+        inside = (torch.arange(T)[:, None] + torch.arange(H)[None, :] < T).float()[:, :, None]
+        counted = known * inside
+        rows = counted.sum((0, 2))
+        S = ((targets - mus) * counted).cumsum(1)
+        R = (targets * counted).cumsum(1)
+        V = (counted * S**2).sum((0, 2)) / rows.clamp(min=1)
+        mean_R = (counted * R).sum((0, 2)) / rows.clamp(min=1)
+        C = (counted * R**2).sum((0, 2)) / rows.clamp(min=1) - mean_R**2
+        if prior_rows > 0:
+            Vl, Cl, n = V.tolist(), C.tolist(), rows.tolist()
+            for K in range(1, len(Vl)):
+                if n[K] > 0 and n[K - 1] > 0:
+                    Vl[K] = (Vl[K] * n[K] + prior_rows * Vl[K - 1]) / (n[K] + prior_rows)
+                    Cl[K] = (Cl[K] * n[K] + prior_rows * Cl[K - 1]) / (n[K] + prior_rows)
+            V, C = torch.tensor(Vl), torch.tensor(Cl)
+        chance = float(os.environ["P3O_CUMCHANCE"])
+        precision = torch.where(rows >= 1, (1 / V.clamp(min=1e-12) - chance / C.clamp(min=1e-12)).clamp(min=0), torch.zeros_like(V))
     if not torch.isfinite(precision).all():
         sys.exit("error: the P3O cumulative weight is not finite: the critic's predictions are not finite")
     tail = precision.flip(0).cumsum(0).flip(0)  # sum_{K>=k} V[K]^-1

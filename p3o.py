@@ -135,7 +135,8 @@ class Args:
     """`--advantage-sigma rollout` only: shrink each measured sigma[k]^2 toward the nearer offset's, as if
     m (this many) more rows had measured sigma[k-1]^2 at k: (sum of squared errors + m sigma[k-1]^2) /
     (live rows + m). A far k measured on few rows then weighs about what its neighbour does, and a few
-    small residuals cannot take a row's weight; 0: no shrinkage (P3O as specified; needed with `learned`)"""
+    small residuals cannot take a row's weight (`--weight-rule cumulative` shrinks its V[K] the same way);
+    0: no shrinkage (P3O as specified; needed with `learned`)"""
     surprise_lambda: float = 1.0
     """lambda in [0, 1] (experimental): discount the later steps' share of each surprise, as GAE's lambda does
     for one value: e_t[k] = d_t[k] + lambda e_{t+1}[k-1], with d_t[k] = mu_{t+1}[k-1] - mu_t[k] (the change
@@ -519,8 +520,8 @@ def cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next,
     shares the kernel uses as they are. A sum of surprises whose errors cancel (a reward one step late)
     keeps a small V, where one-offset precisions would see two misses. With prior_rows m > 0 each
     measured V[K] after the first is shrunk toward V[K-1] as if m more rows had measured it there; an
-    offset with fewer than min_rows (at least 1) live rewards has V[K] = inf: no share. rewards, terminations, truncations: [T, N];
-    mus: [T, H, N]; mu_next: [H, N]."""
+    offset with fewer than min_rows (at least 1) live rewards has V[K] = inf: no share.
+    rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
     targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
     partial_sums = (targets - mus).cumsum(1)  # [T, H, N]: S_t[K]; a row's live k are a prefix, so a live K sums live terms
     live_count = live.sum((0, 2))

@@ -209,6 +209,14 @@ def test_cumulative_weight_keeps_a_late_reward_that_precision_drops(kernels):
     assert weight[0].item() == 1.0 and weight[1].item() > 0.999  # V[1] = 0 (floored at 1e-12)
 
 
+def test_cumulative_weight_nan_stops_the_run(kernels):
+    zeros = torch.zeros(3, 2)
+    mus = torch.zeros(3, 2, 2)
+    mus[1, 0, 1] = math.nan  # a diverged critic
+    with pytest.raises(SystemExit, match=r"^error: the P3O cumulative weight is not finite"):
+        cumulative_weight(kernels, torch.ones(3, 2), zeros, zeros, mus, torch.zeros(2, 2))
+
+
 def cumulative_weight_loop(rewards, terminations, truncations, mus, mu_next, min_rows=1, prior_rows=0.0):
     """Slow: the formula of cumulative_weight's docstring, one row at a time, on the reference's live mask."""
     targets, _, live = p3o_targets_reference(rewards, terminations, truncations, mu_next)

@@ -483,17 +483,23 @@ def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, mi
     nearer offset's: sigma[k]^2 = (squared errors_k + m sigma[k-1]^2) / (live rows_k + m).
     rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
     targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+    return live_mean_square(targets - mus, live, min_rows, prior_rows)
+
+
+def live_mean_square(errors: torch.Tensor, live: torch.Tensor, min_rows: int, prior_rows: float) -> torch.Tensor:
+    """[H]: per k, the mean of errors[t, k, env]^2 over the live (t, env); inf where fewer than min_rows
+    (at least 1) are live; with prior_rows m > 0, each measured k after the first shrunk toward k-1's value
+    as if m more rows had measured it: (sum of squares_k + m value[k-1]) / (live rows_k + m). errors, live: [T, H, N]."""
     live_count = live.sum((0, 2))
-    squared_error = (live * (targets - mus) ** 2).sum((0, 2))
-    measured = live_count >= max(min_rows, 1)
-    sigma2 = torch.where(measured, squared_error / live_count.clamp(min=1), torch.inf)
+    squares = (live * errors**2).sum((0, 2))
+    mean = torch.where(live_count >= max(min_rows, 1), squares / live_count.clamp(min=1), torch.inf)
     if prior_rows > 0:  # H scalars in order of k, on the CPU: one copy, no per-k device sync
-        errors_k, rows_k, shrunk = squared_error.tolist(), live_count.tolist(), sigma2.tolist()
+        squares_k, rows_k, shrunk = squares.tolist(), live_count.tolist(), mean.tolist()
         for k in range(1, len(shrunk)):
             if shrunk[k] != float("inf") and shrunk[k - 1] != float("inf"):
-                shrunk[k] = (errors_k[k] + prior_rows * shrunk[k - 1]) / (rows_k[k] + prior_rows)
-        sigma2 = torch.tensor(shrunk, dtype=sigma2.dtype, device=sigma2.device)
-    return sigma2
+                shrunk[k] = (squares_k[k] + prior_rows * shrunk[k - 1]) / (rows_k[k] + prior_rows)
+        mean = torch.tensor(shrunk, dtype=mean.dtype, device=mean.device)
+    return mean
 
 
 def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: float) -> torch.Tensor:
@@ -524,15 +530,7 @@ def cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next,
     rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
     targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
     partial_sums = (targets - mus).cumsum(1)  # [T, H, N]: S_t[K]; a row's live k are a prefix, so a live K sums live terms
-    live_count = live.sum((0, 2))
-    squared_sum = (live * partial_sums**2).sum((0, 2))
-    variance = torch.where(live_count >= max(min_rows, 1), squared_sum / live_count.clamp(min=1), torch.inf)
-    if prior_rows > 0:  # H scalars in order of K, on the CPU: one copy, no per-K device sync
-        sums_k, rows_k, shrunk = squared_sum.tolist(), live_count.tolist(), variance.tolist()
-        for K in range(1, len(shrunk)):
-            if shrunk[K] != float("inf") and shrunk[K - 1] != float("inf"):
-                shrunk[K] = (sums_k[K] + prior_rows * shrunk[K - 1]) / (rows_k[K] + prior_rows)
-        variance = torch.tensor(shrunk, dtype=variance.dtype, device=variance.device)
+    variance = live_mean_square(partial_sums, live, min_rows, prior_rows)  # V[K]
     precision = 1 / variance.clamp(min=1e-12)  # 0 where V = inf
     if not torch.isfinite(precision).all():
         sys.exit("error: the P3O cumulative weight is not finite: the critic's predictions are not finite")

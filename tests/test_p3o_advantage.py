@@ -111,15 +111,19 @@ def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, m
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
-@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
-def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows, prior_rows):
+def random_rollout(seed, T, H, N):
+    """rewards, terminations (15%), truncations (10%), mus [T, H, N] and mu_next [H, N], random."""
     g = torch.Generator().manual_seed(seed)
     rewards = torch.randn(T, N, generator=g)
     terminations = (torch.rand(T, N, generator=g) < 0.15).float()
     truncations = (torch.rand(T, N, generator=g) < 0.1).float()
-    mus = torch.randn(T, H, N, generator=g)
-    mu_next = torch.randn(H, N, generator=g)
+    return rewards, terminations, truncations, torch.randn(T, H, N, generator=g), torch.randn(H, N, generator=g)
+
+
+@pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
+@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
+def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows, prior_rows):
+    rewards, terminations, truncations, mus, mu_next = random_rollout(seed, T, H, N)
     got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     expected = rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
@@ -244,12 +248,7 @@ def cumulative_weight_loop(rewards, terminations, truncations, mus, mu_next, min
 @pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
 @pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
 def test_cumulative_weight_random_vs_loop(kernels, seed, T, H, N, min_rows, prior_rows):
-    g = torch.Generator().manual_seed(seed)
-    rewards = torch.randn(T, N, generator=g)
-    terminations = (torch.rand(T, N, generator=g) < 0.15).float()
-    truncations = (torch.rand(T, N, generator=g) < 0.1).float()
-    mus = torch.randn(T, H, N, generator=g)
-    mu_next = torch.randn(H, N, generator=g)
+    rewards, terminations, truncations, mus, mu_next = random_rollout(seed, T, H, N)
     got = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     expected = cumulative_weight_loop(rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
@@ -261,12 +260,8 @@ def test_cumulative_advantage_is_the_mix_of_k_step_surprises(kernels, seed):
     # termination, a truncation or the rollout's end (bootstrapped terms), exactly
     #   A_t = sum_K (1/V[K]) S'_t[K] / sum_K (1/V[K]),   S'_t[K] = sum of the row's usable surprises k <= K
     # (after a truncation a row has no more terms: S' stops growing).
-    g = torch.Generator().manual_seed(seed)
     T, H, N = 12, 6, 3
-    rewards = torch.randn(T, N, generator=g)
-    terminations = (torch.rand(T, N, generator=g) < 0.15).float()
-    truncations = (torch.rand(T, N, generator=g) < 0.1).float()
-    mus, mu_next = torch.randn(T, H, N, generator=g), torch.randn(H, N, generator=g)
+    rewards, terminations, truncations, mus, mu_next = random_rollout(seed, T, H, N)
     weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next)
     advantages, _, _ = kernels.p3o_advantage(rewards, terminations, truncations, mus, mu_next, weight, False, normalize=False, lam=1.0)
     targets, _, _ = p3o_targets_reference(rewards, terminations, truncations, mu_next)

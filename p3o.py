@@ -110,13 +110,17 @@ class Args:
     """if toggled, the learning rate decays linearly to 0 over training"""
     horizon: int = 32
     """H, the number of future rewards the critic predicts and the advantage can credit"""
-    weight_rule: Literal["precision", "action"] = "precision"
+    weight_rule: Literal["precision", "cumulative", "action"] = "precision"
     """how much each future step k counts: `precision`, weight[k] = max(0, 1/sigma[k]^2 - c/sigma_r^2), rows
-    normalized by `normalization`; `action` (experimental), the share of row t's surprise that its action
+    normalized by `normalization`; `cumulative` (experimental), an inverse-variance mix of the row's K-step
+    surprises S_t[K] = sum_{k<=K} (y_{t+k} - mu_t[k]), each weighed by 1/Var(S[K]) measured on the rollout, so
+    weight[k] = sum_{K>=k} (1/Var(S[K])) / sum_K (1/Var(S[K])): 1 at k = 0, never rising with k;
+    `action` (experimental), the share of row t's surprise that its action
     explains, the same for every k, from an action-conditional head q[k, a]; only rows that see their whole
     horizon inside the rollout enter the policy loss, so it needs H <= num_steps / 2 (docs/p3o.md)"""
     normalization: Literal["sum", "max"] = "sum"
-    """how each row's weights are normalized: `sum` (they sum to 1) or `max` (the largest is 1)"""
+    """`--weight-rule precision`: how each row's weights are normalized: `sum` (they sum to 1) or `max` (the
+    largest is 1); the other rules' weights are shares already"""
     chance_coef: float = 0.0
     """c in [0, 1]: a step's precision 1/sigma[k]^2 counts only above c times the chance level 1/sigma_r^2"""
     advantage_sigma: Literal["rollout", "learned"] = "rollout"
@@ -131,7 +135,8 @@ class Args:
     """`--advantage-sigma rollout` only: shrink each measured sigma[k]^2 toward the nearer offset's, as if
     m (this many) more rows had measured sigma[k-1]^2 at k: (sum of squared errors + m sigma[k-1]^2) /
     (live rows + m). A far k measured on few rows then weighs about what its neighbour does, and a few
-    small residuals cannot take a row's weight; 0: no shrinkage (P3O as specified; needed with `learned`)"""
+    small residuals cannot take a row's weight (`--weight-rule cumulative` shrinks its V[K] the same way);
+    0: no shrinkage (P3O as specified; needed with `learned`)"""
     surprise_lambda: float = 1.0
     """lambda in [0, 1] (experimental): discount the later steps' share of each surprise, as GAE's lambda does
     for one value: e_t[k] = d_t[k] + lambda e_{t+1}[k-1], with d_t[k] = mu_{t+1}[k-1] - mu_t[k] (the change
@@ -183,6 +188,12 @@ def check_args(args: Args) -> None:
     if args.weight_rule == "action" and 2 * args.horizon > args.num_steps:
         errors.append(f"--weight-rule action needs --horizon at most half of --num-steps ({args.num_steps}), got "
                       f"{args.horizon}: its policy loss counts only the rows that see their whole horizon in the rollout")
+    if args.weight_rule == "cumulative" and args.advantage_sigma != "rollout":
+        errors.append("--weight-rule cumulative measures its variances on the rollout: it needs --advantage-sigma rollout")
+    if args.weight_rule == "cumulative" and args.chance_coef != 0:
+        errors.append(f"--chance-coef ({args.chance_coef:g}) is a term of --weight-rule precision; --weight-rule cumulative has none: use 0")
+    if args.weight_rule == "cumulative" and args.surprise_lambda != 1:
+        errors.append(f"--weight-rule cumulative weighs the observed surprise; --surprise-lambda {args.surprise_lambda:g} needs --weight-rule precision")
     if args.weight_rule == "action" and args.advantage_sigma != "rollout":
         errors.append("--weight-rule action measures what the action leaves unexplained on the rollout: it needs --advantage-sigma rollout")
     if args.sigma_min_rows < 0:
@@ -472,17 +483,23 @@ def rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, mi
     nearer offset's: sigma[k]^2 = (squared errors_k + m sigma[k-1]^2) / (live rows_k + m).
     rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
     targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+    return live_mean_square(targets - mus, live, min_rows, prior_rows)
+
+
+def live_mean_square(errors: torch.Tensor, live: torch.Tensor, min_rows: int, prior_rows: float) -> torch.Tensor:
+    """[H]: per k, the mean of errors[t, k, env]^2 over the live (t, env); inf where fewer than min_rows
+    (at least 1) are live; with prior_rows m > 0, each measured k after the first shrunk toward k-1's value
+    as if m more rows had measured it: (sum of squares_k + m value[k-1]) / (live rows_k + m). errors, live: [T, H, N]."""
     live_count = live.sum((0, 2))
-    squared_error = (live * (targets - mus) ** 2).sum((0, 2))
-    measured = live_count >= max(min_rows, 1)
-    sigma2 = torch.where(measured, squared_error / live_count.clamp(min=1), torch.inf)
+    squares = (live * errors**2).sum((0, 2))
+    mean = torch.where(live_count >= max(min_rows, 1), squares / live_count.clamp(min=1), torch.inf)
     if prior_rows > 0:  # H scalars in order of k, on the CPU: one copy, no per-k device sync
-        errors_k, rows_k, shrunk = squared_error.tolist(), live_count.tolist(), sigma2.tolist()
+        squares_k, rows_k, shrunk = squares.tolist(), live_count.tolist(), mean.tolist()
         for k in range(1, len(shrunk)):
             if shrunk[k] != float("inf") and shrunk[k - 1] != float("inf"):
-                shrunk[k] = (errors_k[k] + prior_rows * shrunk[k - 1]) / (rows_k[k] + prior_rows)
-        sigma2 = torch.tensor(shrunk, dtype=sigma2.dtype, device=sigma2.device)
-    return sigma2
+                shrunk[k] = (squares_k[k] + prior_rows * shrunk[k - 1]) / (rows_k[k] + prior_rows)
+        mean = torch.tensor(shrunk, dtype=mean.dtype, device=mean.device)
+    return mean
 
 
 def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: float) -> torch.Tensor:
@@ -495,6 +512,30 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
         sys.exit(f"error: the P3O weight is not finite ({int((~torch.isfinite(weight)).sum())} NaN or inf "
                  f"of {weight.numel()}): sigma[k]^2 has NaN, so the critic's predictions are not finite")
     return weight
+
+
+def cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, min_rows: int = 1,
+                      prior_rows: float = 0.0) -> torch.Tensor:
+    """weight [H] for --weight-rule cumulative: an inverse-variance mix of each row's K-step surprises
+        S_t[K] = sum_{k<=K} (y_{t+k} - mu_t[k])                       (over live rewards only)
+        V[K]   = mean of S_t[K]^2 over the rows whose reward t+K is live
+        A_t    = sum_K V[K]^-1 S_t[K] / sum_K V[K]^-1                 (as GAE mixes its n-step advantages
+                                                                       with the fixed shares (1-lambda) lambda^n)
+    Per offset: the k-th surprise is in every S[K] with K >= k, so
+        weight[k] = sum_{K>=k} V[K]^-1 / sum_K V[K]^-1                 (1 at k = 0, never rising with k)
+    shares the kernel uses as they are. A sum of surprises whose errors cancel (a reward one step late)
+    keeps a small V, where one-offset precisions would see two misses. With prior_rows m > 0 each
+    measured V[K] after the first is shrunk toward V[K-1] as if m more rows had measured it there; an
+    offset with fewer than min_rows (at least 1) live rewards has V[K] = inf: no share.
+    rewards, terminations, truncations: [T, N]; mus: [T, H, N]; mu_next: [H, N]."""
+    targets, _, live = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+    partial_sums = (targets - mus).cumsum(1)  # [T, H, N]: S_t[K]; a row's live k are a prefix, so a live K sums live terms
+    variance = live_mean_square(partial_sums, live, min_rows, prior_rows)  # V[K]
+    precision = 1 / variance.clamp(min=1e-12)  # 0 where V = inf
+    if not torch.isfinite(precision).all():
+        sys.exit("error: the P3O cumulative weight is not finite: the critic's predictions are not finite")
+    tail = precision.flip(0).cumsum(0).flip(0)  # sum_{K>=k} V[K]^-1
+    return (tail / tail[0].clamp(min=1e-30)).contiguous()
 
 
 def action_weight(tau2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
@@ -808,6 +849,8 @@ if __name__ == "__main__":
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
             if args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+            elif args.weight_rule == "cumulative":
+                weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)
@@ -898,7 +941,7 @@ if __name__ == "__main__":
         # P3O diagnostics: where sigma[k] crosses sigma_r is the horizon the advantage credits
         sigma = sigma2.sqrt() if sigma2.dim() == 1 else sigma2.sqrt().mean((0, 2))  # [H], inf: unmeasured
         weight_k = weight if weight.dim() == 1 else weight.mean((0, 2))  # [H]
-        w = weight_k / (weight_k.max() if args.normalization == "max" else weight_k.sum()).clamp(min=1e-12)
+        w = weight_k if args.weight_rule == "cumulative" else weight_k / (weight_k.max() if args.normalization == "max" else weight_k.sum()).clamp(min=1e-12)
         ks = torch.arange(args.horizon, dtype=torch.float32, device=device)
         writer.add_scalar("p3o/sigma_r", sigma_r2.sqrt().item(), global_step)
         writer.add_scalar("p3o/effective_horizon", ((ks * w).sum() / w.sum().clamp(min=1e-12)).item(), global_step)

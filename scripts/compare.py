@@ -3,6 +3,7 @@
     python scripts/compare.py --games Breakout Pong --seeds 1 2 3 --total-timesteps 10000000 --out results/compare
     python scripts/compare.py --sweep-horizons 32 64 128 256 --games Breakout --seeds 1 2 --out results/sweep
     python scripts/compare.py --out results/compare --plot-only --reference Breakout=414.66
+    python scripts/compare.py --out results/both --plot-only --plot-from results/a:ppo_gae results/b:p3o
     python scripts/compare.py ... --address auto          # the same sweep on a running Ray cluster
 
 This file is the one experiment runner of the repository; scripts/horizon_experiment.py is another
@@ -88,6 +89,11 @@ def runner_parser(description, total_timesteps, out):
     p.add_argument("--out", type=Path, default=Path(out))
     p.add_argument("--plot-only", action="store_true", help="run nothing: redraw plots and summary from the CSVs")
     p.add_argument(
+        "--plot-from", nargs="+", default=[], metavar="FOLDER[:LABEL,...]",
+        help="with --plot-only: plot the finished runs of these folders (only those whose first runs.csv column,"
+        " label or method, is one of the LABELs, if given) into --out, instead of --out's own runs",
+    )  # fmt: skip
+    p.add_argument(
         "--rerun-changed", action="store_true",
         help="rerun finished runs whose settings differ from those in runs.csv (otherwise: stop with an error)",
     )  # fmt: skip
@@ -135,6 +141,16 @@ def parse_runner_args(parser, argv=None):
         for own in ("--run-name", "--resume", "--checkpoint-every", "--exp-name", "--track", "--wandb-group"):
             if any(w == own or w.startswith(own + "=") for w in shlex.split(getattr(args, flag[2:].replace("-", "_")))):
                 parser.error(f"{flag} must not set {own}: this runner sets it")
+    if args.plot_from and not args.plot_only:
+        parser.error("--plot-from only chooses what --plot-only draws: add --plot-only")
+    sources = []
+    for item in args.plot_from:
+        folder, _, labels = (item, "", "") if Path(item).is_dir() or ":" not in item else item.rpartition(":")
+        folder, labels = Path(folder).resolve(), [lab for lab in labels.split(",") if lab]
+        if not (folder / "runs.csv").exists():
+            parser.error(f"--plot-from {item}: no runs.csv in {folder}")
+        sources.append((folder, labels))
+    args.plot_from = sources
     args.out = args.out.resolve()
     args.sweep_name = args.sweep_name or args.out.name
     return args
@@ -291,6 +307,21 @@ class Store:
 
     def finished(self, key):
         return self.runs.get(key, {}).get("status") == "finished"
+
+    def merge(self, sources):
+        """--plot-from: hold the finished runs of the folders `sources`, [(folder, labels)], in place of this
+        folder's own (in memory only; an empty labels list takes every run). Each label asked for must have
+        runs there, and no run may come from two folders."""
+        self.runs, self.results = {}, defaultdict(list)
+        for folder, labels in sources:
+            source = Store(folder, self.exp)
+            keys = [k for k in source.finished_keys() if not labels or k[0] in labels]
+            for label in sorted(set(labels) - {k[0] for k in keys}):
+                sys.exit(f"error: --plot-from: {folder} has no finished run labelled {label}")
+            for k in keys:
+                if k in self.runs:
+                    sys.exit(f"error: --plot-from: the run {k} is in two folders; name the labels to take from each")
+                self.runs[k], self.results[k] = source.runs[k], source.results[k]
 
     def finished_keys(self):
         return [k for k in self.runs if self.finished(k)]
@@ -630,6 +661,8 @@ def main_of(exp: Experiment, args, plan):
     """The runner's main: run what `plan()` lists (unless --plot-only), then the experiment's report."""
     interrupt_on_sigterm()
     store = Store(args.out, exp)
+    if args.plot_from:
+        store.merge(args.plot_from)
     ok = True
     if not args.plot_only:
         runs = plan()
@@ -641,10 +674,11 @@ def main_of(exp: Experiment, args, plan):
         except KeyboardInterrupt:
             ok = None
     elif not store.runs:
-        sys.exit(f"error: --plot-only found no runs.csv in {args.out}")
+        sys.exit(f"error: --plot-only found no runs in {args.out}" + (" (--plot-from)" if args.plot_from else ""))
     if not store.finished_keys():
         print("no finished runs yet: no plot or summary", flush=True)
     else:
+        args.out.mkdir(parents=True, exist_ok=True)  # --plot-from may draw into a new folder
         exp.report(store, args)
     return 130 if ok is None else 0 if ok else 1
 

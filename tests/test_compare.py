@@ -357,3 +357,39 @@ def test_peaked_percent_counts_updates_above_half(tmp_path):
     runs[0]["peaked_percent"] = ""  # a folder from before the column: no such table
     write_csv(tmp_path / "runs.csv", RUN_COLUMNS, runs)
     assert "peak_share" not in summary_table(Store(tmp_path, COMPARE))
+
+
+def test_plot_from_draws_other_folders_runs_side_by_side(tmp_path, capsys):
+    """--plot-only --plot-from A:ppo_gae B:p3o: the summary in --out holds A's PPO + GAE and B's P3O runs
+    (each label from the folder named for it), --out gets no CSVs; a run found in two folders, a label a
+    folder lacks, a missing folder and --plot-from without --plot-only stop with a message."""
+    import pytest
+
+    from scripts.compare import RESULT_COLUMNS, RUN_COLUMNS, main, write_csv
+
+    def folder(name, returns):  # returns: {label: the return of every game of seed 1}
+        runs = [{"label": lab, "game": "G", "seed": 1, "status": "finished", "last_step": 400} for lab in returns]
+        results = [{"algo": lab, "game": "G", "seed": "1", "step": str(8 * i), "episodic_return": str(ret)}
+                   for lab, ret in returns.items() for i in range(1, 51)]  # fmt: skip
+        (tmp_path / name).mkdir()
+        write_csv(tmp_path / name / "runs.csv", RUN_COLUMNS, runs)
+        write_csv(tmp_path / name / "results.csv", RESULT_COLUMNS, results)
+        return str(tmp_path / name)
+
+    a, b, out = folder("a", {"ppo_gae": 10, "p3o": 20}), folder("b", {"p3o": 30}), tmp_path / "out"
+    assert main(["--out", str(out), "--plot-only", "--plot-from", f"{a}:ppo_gae", f"{b}:p3o"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "| ppo_gae | 10.0 +- 0.0 (n=1) |" in summary and "| p3o | 30.0 +- 0.0 (n=1) |" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "summary.md"]
+    assert main(["--out", str(out), "--plot-only", "--plot-from", f"{a}:p3o"]) == 0  # one label, one folder
+    assert "| p3o | 20.0 +- 0.0 (n=1) |" in (out / "summary.md").read_text() and "ppo_gae" not in (out / "summary.md").read_text()
+
+    for flags, message in [
+        (["--plot-only", "--plot-from", a, b], "is in two folders"),
+        (["--plot-only", "--plot-from", f"{b}:ppo_gae"], "has no finished run labelled ppo_gae"),
+        (["--plot-only", "--plot-from", str(tmp_path / "missing")], "no runs.csv in"),
+        (["--plot-from", a], "add --plot-only"),
+    ]:
+        with pytest.raises(SystemExit) as stop:  # sys.exit(message) or argparse's error (printed, code 2)
+            main(["--out", str(out), *flags])
+        assert message in str(stop.value.code) + capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The weight functions p3o.py runs (imported from it), against hand-worked numbers and slow loops.
 
-chance_level, rollout_sigma2 and precision_weight decide which future steps P3O's advantage credits;
+chance_level, rollout_sigma2 and precision_weight (or cumulative_weight, or action_weight) decide which
+future steps P3O's advantage credits;
 the kernel that applies the weights is tested in test_kernels.py.
 """
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from p3o import action_weight, chance_level, complete_rows, precision_weight, rollout_sigma2
+from p3o import action_weight, chance_level, complete_rows, cumulative_weight, precision_weight, rollout_sigma2
 from p3o_kernel_loader import load_kernels
 from reference import p3o_targets_reference
 
@@ -110,15 +111,19 @@ def rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, m
     return torch.tensor(out, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
-@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
-def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows, prior_rows):
+def random_rollout(seed, T, H, N):
+    """rewards, terminations (15%), truncations (10%), mus [T, H, N] and mu_next [H, N], random."""
     g = torch.Generator().manual_seed(seed)
     rewards = torch.randn(T, N, generator=g)
     terminations = (torch.rand(T, N, generator=g) < 0.15).float()
     truncations = (torch.rand(T, N, generator=g) < 0.1).float()
-    mus = torch.randn(T, H, N, generator=g)
-    mu_next = torch.randn(H, N, generator=g)
+    return rewards, terminations, truncations, torch.randn(T, H, N, generator=g), torch.randn(H, N, generator=g)
+
+
+@pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
+@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
+def test_rollout_sigma2_random_vs_reference(kernels, seed, T, H, N, min_rows, prior_rows):
+    rewards, terminations, truncations, mus, mu_next = random_rollout(seed, T, H, N)
     got = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     expected = rollout_sigma2_reference(rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
     assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
@@ -160,6 +165,119 @@ def test_precision_weight_nan_stops_the_run(shape):
     sigma2.view(-1)[1] = math.nan
     with pytest.raises(SystemExit, match=r"^error: the P3O weight is not finite \(1 NaN or inf"):
         precision_weight(sigma2, torch.tensor(1.0), 0.0)
+
+
+# =============================================================================================
+# --weight-rule cumulative: an inverse-variance mix of each row's K-step surprises
+# =============================================================================================
+def test_cumulative_weight_by_hand(kernels):
+    # The rollout of test_rollout_sigma2_by_hand (T = 3, H = 4, mu = 0), so S_t[K] sums the row's live rewards:
+    # K = 0: every (t, env) is live, S = r: 234 over 9 = 26
+    # K = 1: env 0 rows 0, 1 (1 + 2 = 3, 2 + 3 = 5); env 1 row 1 (0 + 8 = 8); env 2 row 1 (6 + 10 = 16);
+    #        9 + 25 + 64 + 256 = 354 over 4 = 88.5 (row 0 of envs 1 and 2 ended at t = 0)
+    # K = 2: env 0 row 0 (1 + 2 + 3 = 6): 36;  K = 3: nothing live, inf
+    rewards = torch.tensor([[1.0, 4.0, 2.0], [2.0, 0.0, 6.0], [3.0, 8.0, 10.0]])
+    terminations = torch.tensor([[0.0, 1.0, 0.0], [0, 0, 0], [0, 0, 0]])
+    truncations = torch.tensor([[0.0, 0.0, 1.0], [0, 0, 0], [0, 0, 0]])
+    mus, mu_next = torch.zeros(3, 4, 3), torch.full((4, 3), 100.0)  # bootstrapped targets never enter V
+
+    def shares(*variances):  # weight[k] = sum_{K>=k} 1/V[K] / sum_K 1/V[K]
+        precision = [1 / v for v in variances]
+        return torch.tensor([sum(precision[k:]) / sum(precision) for k in range(len(precision))])
+
+    weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next)
+    assert_close(weight, shares(26.0, 88.5, 36.0, math.inf))
+    assert weight[0].item() == 1.0 and weight[3].item() == 0.0
+    # min_rows = 2: K = 2 rests on one row and gets no share
+    weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, min_rows=2)
+    assert_close(weight, shares(26.0, 88.5, math.inf, math.inf))
+    # prior_rows = 2: V[1] = (354 + 2 * 26) / (4 + 2) = 406 / 6;  V[2] = (36 + 2 * 406 / 6) / (1 + 2) = 514 / 9
+    weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, prior_rows=2)
+    assert_close(weight, shares(26.0, 406 / 6, 514 / 9, math.inf))
+
+
+def test_cumulative_weight_keeps_a_late_reward_that_precision_drops(kernels):
+    # mu expects the reward 1 at k = 0; it comes one step late, at k = 1. Each offset alone misses by 1
+    # (sigma[0]^2 = sigma[1]^2 = 1: the precision weight splits evenly), but the two-step sum is exact
+    # (S[1] = -1 + 1 = 0), so nearly all the precision is at K = 1 and both surprises keep weight ~1:
+    # the advantage of the row is ~0, what happened (the reward came, late) against what was expected.
+    T, N = 4, 1
+    rewards = torch.tensor([[0.0], [1.0], [0.0], [1.0]])
+    zeros = torch.zeros(T, N)
+    mus = torch.zeros(T, 2, N)
+    mus[0, 0] = mus[2, 0] = 1.0  # rows 0 and 2 expect their reward now; it comes at k = 1
+    mus[1, 0] = mus[3, 0] = 1.0  # rows 1 and 3 expect theirs now, and it comes now
+    weight = cumulative_weight(kernels, rewards, zeros, zeros, mus, torch.zeros(2, N))
+    sigma2 = rollout_sigma2(kernels, rewards, zeros, zeros, mus, torch.zeros(2, N))
+    assert_close(sigma2, torch.tensor([0.5, 2 / 3]))  # k = 0: rows 0, 2 miss by 1 (2 of 4); k = 1: 2 of 3 rows miss
+    assert weight[0].item() == 1.0 and weight[1].item() > 0.999  # V[1] = 0 (floored at 1e-12)
+
+
+def test_cumulative_weight_nan_stops_the_run(kernels):
+    zeros = torch.zeros(3, 2)
+    mus = torch.zeros(3, 2, 2)
+    mus[1, 0, 1] = math.nan  # a diverged critic
+    with pytest.raises(SystemExit, match=r"^error: the P3O cumulative weight is not finite"):
+        cumulative_weight(kernels, torch.ones(3, 2), zeros, zeros, mus, torch.zeros(2, 2))
+
+
+def cumulative_weight_loop(rewards, terminations, truncations, mus, mu_next, min_rows=1, prior_rows=0.0):
+    """Slow: the formula of cumulative_weight's docstring, one row at a time, on the reference's live mask."""
+    targets, _, live = p3o_targets_reference(rewards, terminations, truncations, mu_next)
+    T, H, N = targets.shape
+    variance = []
+    for K in range(H):
+        squares = []
+        for t in range(T):
+            for env in range(N):
+                if live[t, K, env]:
+                    partial_sum = sum(targets[t, k, env] - float(mus[t, k, env]) for k in range(K + 1))
+                    squares.append(partial_sum**2)
+        if not squares or len(squares) < min_rows:
+            variance.append(math.inf)
+        elif K > 0 and variance[K - 1] != math.inf:
+            variance.append((sum(squares) + prior_rows * variance[K - 1]) / (len(squares) + prior_rows))
+        else:
+            variance.append(sum(squares) / len(squares))
+    precision = [0.0 if v == math.inf else 1 / v for v in variance]
+    if sum(precision) == 0:  # nothing measured on enough rows: no share anywhere (every advantage 0)
+        return torch.zeros(H, dtype=torch.float64)
+    return torch.tensor([sum(precision[k:]) / sum(precision) for k in range(H)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("min_rows, prior_rows", [(1, 0.0), (6, 0.0), (1, 3.5), (6, 40.0)])
+@pytest.mark.parametrize("seed, T, H, N", [(0, 1, 1, 1), (1, 8, 3, 2), (2, 16, 20, 4), (3, 5, 9, 7)])
+def test_cumulative_weight_random_vs_loop(kernels, seed, T, H, N, min_rows, prior_rows):
+    rewards, terminations, truncations, mus, mu_next = random_rollout(seed, T, H, N)
+    got = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
+    expected = cumulative_weight_loop(rewards, terminations, truncations, mus, mu_next, min_rows, prior_rows)
+    assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cumulative_advantage_is_the_mix_of_k_step_surprises(kernels, seed):
+    # The kernel with these shares (no row normalization) gives, for every row, including those cut by a
+    # termination, a truncation or the rollout's end (bootstrapped terms), exactly
+    #   A_t = sum_K (1/V[K]) S'_t[K] / sum_K (1/V[K]),   S'_t[K] = sum of the row's usable surprises k <= K
+    # (after a truncation a row has no more terms: S' stops growing).
+    T, H, N = 12, 6, 3
+    rewards, terminations, truncations, mus, mu_next = random_rollout(seed, T, H, N)
+    weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next)
+    advantages, _, _ = kernels.p3o_advantage(rewards, terminations, truncations, mus, mu_next, weight, False, normalize=False, lam=1.0)
+    targets, _, _ = p3o_targets_reference(rewards, terminations, truncations, mu_next)
+    precision = torch.cat([weight[:-1] - weight[1:], weight[-1:]]).double()  # 1/V[K] / sum_K 1/V[K]
+    for t in range(T):
+        for env in range(N):
+            usable = H
+            for k in range(min(H, T - t)):  # a truncation at step t + k ends the row after k; a termination
+                if terminations[t + k, env]:  # makes the rest known zeros, usable
+                    break
+                if truncations[t + k, env]:
+                    usable = k + 1
+                    break
+            surprises = [float(targets[t, k, env] - mus[t, k, env]) if k < usable else 0.0 for k in range(H)]
+            mix = sum(precision[K] * sum(surprises[: K + 1]) for K in range(H))
+            assert advantages[t, env].item() == pytest.approx(mix.item(), rel=1e-5, abs=1e-5)
 
 
 # =============================================================================================

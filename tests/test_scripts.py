@@ -43,6 +43,7 @@ CLEANRL_METRICS = {
         ("p3o.py", ["--surprise-lambda", "0.95", "--sigma-prior-rows", "0"]),  # no shrinkage: as specified
         ("p3o.py", ["--advantage-sigma", "learned", "--state-sigma", "--sigma-prior-rows", "0"]),
         ("p3o.py", ["--weight-rule", "action", "--horizon", "16"]),
+        ("p3o.py", ["--weight-rule", "cumulative", "--horizon", "16"]),
     ],
 )
 def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
@@ -84,6 +85,9 @@ def test_smoke_run_logs_and_checkpoint(tmp_path, script, extra):
         ("p3o.py", ["--state-sigma"], "--state-sigma needs --advantage-sigma learned"),
         ("p3o.py", ["--weight-rule", "action", "--horizon", "128"], "--weight-rule action needs --horizon at most half"),
         ("p3o.py", ["--weight-rule", "action", "--advantage-sigma", "learned"], "it needs --advantage-sigma rollout"),
+        ("p3o.py", ["--weight-rule", "cumulative", "--advantage-sigma", "learned", "--sigma-prior-rows", "0"], "it needs --advantage-sigma rollout"),
+        ("p3o.py", ["--weight-rule", "cumulative", "--chance-coef", "1"], "--weight-rule cumulative has none: use 0"),
+        ("p3o.py", ["--weight-rule", "cumulative", "--surprise-lambda", "0.9"], "--surprise-lambda 0.9 needs --weight-rule precision"),
         ("p3o.py", ["--sigma-min-rows", "-1"], "--sigma-min-rows must not be negative"),
         ("p3o.py", ["--sigma-min-rows", "64", "--advantage-sigma", "learned"], "--sigma-min-rows counts the rollout's rows"),
         ("p3o.py", ["--sigma-prior-rows", "-1"], "--sigma-prior-rows must not be negative"),

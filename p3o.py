@@ -517,8 +517,8 @@ def precision_weight(sigma2: torch.Tensor, sigma_r2: torch.Tensor, chance_coef: 
 def cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, min_rows: int = 1,
                       prior_rows: float = 0.0) -> torch.Tensor:
     """weight [H] for --weight-rule cumulative: an inverse-variance mix of each row's K-step surprises
-        S_t[K] = sum_{k<=K} (y_{t+k} - mu_t[k])                       (over live rewards only)
-        V[K]   = mean of S_t[K]^2 over the rows whose reward t+K is live
+        S_t[K] = sum_{k<=K} (y_{t+k} - mu_t[k])
+        V[K]   = mean of S_t[K]^2 over the rows whose reward t+K is live  (so each such S sums live rewards only)
         A_t    = sum_K V[K]^-1 S_t[K] / sum_K V[K]^-1                 (as GAE mixes its n-step advantages
                                                                        with the fixed shares (1-lambda) lambda^n)
     Per offset: the k-th surprise is in every S[K] with K >= k, so

@@ -197,10 +197,11 @@ def test_cumulative_weight_by_hand(kernels):
 
 
 def test_cumulative_weight_keeps_a_late_reward_that_precision_drops(kernels):
-    # mu expects the reward 1 at k = 0; it comes one step late, at k = 1. Each offset alone misses by 1
-    # (sigma[0]^2 = sigma[1]^2 = 1: the precision weight splits evenly), but the two-step sum is exact
-    # (S[1] = -1 + 1 = 0), so nearly all the precision is at K = 1 and both surprises keep weight ~1:
-    # the advantage of the row is ~0, what happened (the reward came, late) against what was expected.
+    # Rows 0 and 2 expect the reward 1 at k = 0; it comes one step late, at k = 1. Each offset alone
+    # misses by 1 there (sigma[0]^2 = 2/4, sigma[1]^2 = 2/3: the precision weight gives the two offsets
+    # about the same weight), but every two-step sum is exact (S[1] = -1 + 1 = 0), so nearly all the
+    # precision is at K = 1 and both surprises keep weight ~1: the row's advantage is ~0, what happened
+    # (the reward came, late) against what was expected.
     T, N = 4, 1
     rewards = torch.tensor([[0.0], [1.0], [0.0], [1.0]])
     zeros = torch.zeros(T, N)

@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
+
+LATER = os.environ.get("P3O_LATER", "0") == "1"  # prototype: subtract what the later actions explain
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
@@ -410,7 +412,7 @@ class Agent(nn.Module):
         self.horizon, self.n_actions = args.horizon, envs.single_action_space.n
         self.critic = layer_init(nn.Linear(hidden, self.horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = args.state_sigma
-        if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
+        if args.weight_rule == "action" or LATER:  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
             self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
@@ -445,7 +447,7 @@ class Agent(nn.Module):
         q_mean = (probs * q).sum(-1, keepdim=True)
         tau2 = (probs * (q - q_mean) ** 2).sum(-1)
         q_taken = q.gather(-1, action.view(-1, 1, 1).expand(-1, self.horizon, 1)).squeeze(-1)
-        return q_taken, tau2
+        return q_taken, tau2, q_mean.squeeze(-1)
 
     def get_action_and_value(self, x, action=None):
         """action, log-probability, entropy, and the critic's Gaussian: mu and log_sigma, each [batch, H]."""
@@ -791,6 +793,7 @@ if __name__ == "__main__":
     log_sigmas = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
     q_taken = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # --weight-rule action
     tau2s = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
+    q_means = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
 
     start_iteration, global_step = 0, 0
     recent_scores = deque(maxlen=20)
@@ -820,9 +823,9 @@ if __name__ == "__main__":
                 action, logprob, _, mu, log_sigma = agent.get_action_and_value(next_obs)
                 mus[step] = mu.T
                 log_sigmas[step] = log_sigma.T
-                if args.weight_rule == "action":
-                    q, tau2 = agent.action_effect(next_obs, action)
-                    q_taken[step], tau2s[step] = q.T, tau2.T
+                if args.weight_rule == "action" or LATER:
+                    q, tau2, q_mean = agent.action_effect(next_obs, action)
+                    q_taken[step], tau2s[step], q_means[step] = q.T, tau2.T, q_mean.T
             actions[step] = action
             logprobs[step] = logprob
 
@@ -843,6 +846,22 @@ if __name__ == "__main__":
         with torch.no_grad():
             mu_next = agent.get_value(next_obs).T.contiguous()  # [H, N]: predictions after the rollout
             sigma_r2 = chance_level(rewards)
+            mus_critic = mus
+            if LATER:  # e'_t[k] = y_{t+k} - mu_t[k] - sum_{j=1..k, t+j live} (q_{t+j}[k-j, a_{t+j}] - qbar_{t+j}[k-j])
+                y_all, _, live_mask = kernels.p3o_targets(rewards, terminations, truncations, mu_next)
+                effect = q_taken - q_means  # [T, H, N]
+                later = torch.zeros_like(mus)
+                T_, H_ = args.num_steps, args.horizon
+                for j in range(1, min(H_, T_)):
+                    later[: T_ - j, j:, :] += live_mask[: T_ - j, j, None, :] * effect[j:, : H_ - j, :]
+                later_ratio = ((live_mask * (y_all - mus - later) ** 2).sum((0, 2)) / (live_mask * (y_all - mus) ** 2).sum((0, 2)).clamp(min=1e-12))
+                complete = complete_rows(terminations, truncations, args.horizon)  # [T, N]
+                row_e, row_e2 = (y_all - mus).sum(1)[complete], (y_all - mus - later).sum(1)[complete]
+                row_ratio = (row_e2.var() / row_e.var().clamp(min=1e-12)).item() if row_e.numel() > 1 else float("nan")
+                mus = mus + later
+                q_taken_adv = q_taken + later
+            else:
+                q_taken_adv = q_taken
             if args.advantage_sigma == "rollout":
                 sigma2 = rollout_sigma2(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:
@@ -852,12 +871,13 @@ if __name__ == "__main__":
             elif args.weight_rule == "cumulative":
                 weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
-                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
+                s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken_adv, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
                 weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
             normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
         )
+        mus = mus_critic
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)
         b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" else None
@@ -903,8 +923,8 @@ if __name__ == "__main__":
                 # Value loss: Gaussian negative log-likelihood over the known targets, with the critic's sigma
                 nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
-                if args.weight_rule == "action":  # q[k, a_t] fit by squared error to the same targets
-                    new_q, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
+                if args.weight_rule == "action" or LATER:  # q[k, a_t] fit by squared error to the same targets
+                    new_q, _, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
                     q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
                     v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
@@ -944,6 +964,12 @@ if __name__ == "__main__":
         w = weight_k if args.weight_rule == "cumulative" else weight_k / (weight_k.max() if args.normalization == "max" else weight_k.sum()).clamp(min=1e-12)
         ks = torch.arange(args.horizon, dtype=torch.float32, device=device)
         writer.add_scalar("p3o/sigma_r", sigma_r2.sqrt().item(), global_step)
+        if LATER:
+            writer.add_scalar("p3o/later_row_ratio", row_ratio, global_step)
+            for k in (0, 1, 4, 16, args.horizon // 2, args.horizon - 1):
+                writer.add_scalar(f"p3o/later_ratio/k{k:03d}", later_ratio[k].item(), global_step)
+            if iteration % 40 == 0:
+                print("row-sum variance ratio", round(row_ratio, 3), "later ratio", [round(x, 3) for x in later_ratio[:: max(1, args.horizon // 16)].tolist()])
         writer.add_scalar("p3o/effective_horizon", ((ks * w).sum() / w.sum().clamp(min=1e-12)).item(), global_step)
         writer.add_scalar("p3o/credited_steps", (weight_k > 0).sum().item(), global_step)
         writer.add_scalar("p3o/peak_offset", w.argmax().item(), global_step)  # the k that weighs most, and its share

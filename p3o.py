@@ -910,6 +910,15 @@ if __name__ == "__main__":
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                if os.environ.get("GRADDIAG") and start == 0 and epoch == 0 and iteration % 25 == 0:
+                    torso = [p_ for p_ in agent.network.parameters()]
+                    norms = []
+                    for part in (pg_loss, args.ent_coef * entropy_loss, v_loss * args.vf_coef):
+                        g = torch.autograd.grad(part, torso, retain_graph=True, allow_unused=True)
+                        norms.append(torch.sqrt(sum((x**2).sum() for x in g if x is not None)).item())
+                    total = torch.autograd.grad(loss, list(agent.parameters()), retain_graph=True, allow_unused=True)
+                    total = torch.sqrt(sum((x**2).sum() for x in total if x is not None)).item()
+                    print(f"GRADDIAG it {iteration} torso |g_pg| {norms[0]:.4f} |g_ent| {norms[1]:.4f} |g_v| {norms[2]:.4f} total {total:.4f} return {np.mean(recent_scores) if recent_scores else float('nan'):.2f}", flush=True)
 
                 optimizer.zero_grad()
                 loss.backward()

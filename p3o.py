@@ -849,6 +849,8 @@ if __name__ == "__main__":
                 sigma2 = torch.exp(2 * (log_sigmas if args.state_sigma else agent.log_sigma))
             if args.weight_rule == "precision":
                 weight = precision_weight(sigma2, sigma_r2, args.chance_coef).contiguous()
+                if os.environ.get("P3O_UNIFORM") == "1":  # PROTOTYPE: every measured offset alike (flat weight)
+                    weight = (weight > 0).float().contiguous()
             elif args.weight_rule == "cumulative":
                 weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]

@@ -1,6 +1,6 @@
 """How much a Monte-Carlo advantage tells about investing on TwoHorizons, per horizon: exact.
 
-    python scripts/two_horizons_signal.py [--far-delay 30] [--horizons 16 32 64 128 256] [--gamma 0.99]
+    python scripts/two_horizons_signal.py [--far-delay 30] [--horizons 16 32 64 128 256] [--gamma 0.99] [--lam 0.97]
 
 A flat-weighted surprise sum over H steps is, up to the critic's baseline, the window return
 G = r_t + ... + r_{t+h-1} (h = min(H, steps left in the episode)). For a fixed policy this computes,
@@ -14,8 +14,10 @@ at every state s the policy visits:
 and prints, over the visited states (each step of the episode weighted alike), the mean signal, the
 rms signal, the rms noise and rms signal / rms noise: the signal-to-noise ratio of one sampled
 advantage; the samples a learner needs for the same precision go as its inverse square. No critic
-removes this noise: it is there at every state, given the action. --gamma adds the discounted return
-to the episode's end (PPO + GAE's target at lambda = 1) for comparison.
+removes this noise: it is there at every state, given the action. For comparison, --gamma adds the
+discounted return to the episode's end (PPO + GAE's target at lambda = 1), and --lam the whole
+episode's lambda-return with an exact critic, G_t = r_t + (1 - lam) V(s_{t+1}) + lam G_{t+1} (the
+same signal, less noise: what bootstrapping could give if the critic were right).
 
 Policies: uniformly random play (where every run starts), and the optimal rule (invest while the
 cycle can still complete before the episode's end, collect after) with a fraction --eps of uniformly
@@ -43,13 +45,13 @@ def invest_prob_table(policy, D, L, eps):
 def transitions(d, D, R):
     """For each action: next progress, next queue and reward, as [D, 2^d] arrays over (progress, queue).
     The queue's bit j is the near reward due j steps from now (bit 0: paid by this step)."""
-    p, q = np.meshgrid(np.arange(D), np.arange(2**d), indexing="ij")
-    paid = (q & 1).astype(float)
-    out = {}
-    p_inv = p + 1
-    out[INVEST] = (np.where(p_inv == D, 0, p_inv), q >> 1, paid + R * (p_inv == D))
-    out[COLLECT] = (p, (q >> 1) | (1 << (d - 1)), paid)
-    return out
+    progress, queue = np.meshgrid(np.arange(D), np.arange(2**d), indexing="ij")
+    paid = (queue & 1).astype(float)
+    invested = progress + 1
+    return {
+        INVEST: (np.where(invested == D, 0, invested), queue >> 1, paid + R * (invested == D)),
+        COLLECT: (progress, (queue >> 1) | (1 << (d - 1)), paid),
+    }
 
 
 def window_moments(pinv, trans, D, d, L, h, gamma):
@@ -133,8 +135,8 @@ def main():
     parser.add_argument("--eps", type=float, default=0.1, help="random actions of the near-optimal policy")
     parser.add_argument("--lam", type=float, default=0.97, help="also the whole episode's lambda-return with an exact critic (1: not)")
     args = parser.parse_args()
-    if any(h < 1 for h in args.horizons) or not all(0 <= x <= 1 for x in (args.gamma, args.eps, args.lam)):
-        parser.error("need horizons >= 1, and gamma, eps and lam in [0, 1]")
+    if args.far_delay < 1 or any(h < 1 for h in args.horizons) or not all(0 <= x <= 1 for x in (args.gamma, args.eps, args.lam)):
+        parser.error("need far-delay and horizons >= 1, and gamma, eps and lam in [0, 1]")
     L = variant_params(args.far_delay)["episode_length"]
     print(f"TwoHorizons-far{args.far_delay}-v0 (episode {L} steps): one sampled advantage of investing, exact")
     print("| later actions | return credited | mean signal | rms signal | rms noise | rms signal / rms noise |")

@@ -457,5 +457,6 @@ def test_signal_script_prints_the_table_and_rejects_bad_input():
     assert [r[1].strip() for r in rows] == ["H = 8", "H = 64 (the whole episode)", "the whole episode, lambda 0.97, exact critic", "gamma 0.99, to the end"]
     whole = th.mean_invest_advantage(0.5, **th.variant_params(10))[0]
     assert float(rows[1][2]) == pytest.approx(whole, abs=5e-4) and float(rows[2][2]) == pytest.approx(whole, abs=5e-4)
-    bad = subprocess.run(script + ["--gamma", "2"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "gamma, eps and lam in [0, 1]" in bad.stderr
+    for bad_args in (["--gamma", "2"], ["--far-delay", "0"], ["--horizons", "0"]):
+        bad = subprocess.run(script + bad_args, capture_output=True, text=True)
+        assert bad.returncode == 2 and "need far-delay and horizons >= 1" in bad.stderr, bad_args

@@ -862,7 +862,7 @@ if __name__ == "__main__":
         )
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)
-        b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" else None
+        b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" or os.environ.get("P3O_COMPLETE") == "1" else None  # PROTOTYPE: P3O_COMPLETE
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)

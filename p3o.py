@@ -412,6 +412,8 @@ class Agent(nn.Module):
         self.state_sigma = args.state_sigma
         if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
             self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
+        if os.environ.get("P3O_ABASE") == "1":  # PROTOTYPE: b(s), the advantage's own state-conditional mean
+            self.critic_b = layer_init(nn.Linear(hidden, 1), std=0.01)
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
@@ -872,6 +874,10 @@ if __name__ == "__main__":
         b_targets = targets.permute(0, 2, 1).reshape(-1, args.horizon)  # [T*N, H]: y_{t+k}
         b_known = known.permute(0, 2, 1).reshape(-1, args.horizon)
         b_mus = mus.permute(0, 2, 1).reshape(-1, args.horizon)
+        if os.environ.get("P3O_ABASE") == "1":  # PROTOTYPE: the policy sees A_t - b(s_t); b learns E[A_t | s_t]
+            with torch.no_grad():
+                b_raw = b_advantages.clone()
+                b_advantages = b_advantages - agent.critic_b(agent.features(b_obs)[1]).squeeze(-1)
 
         # Update: clipped PPO objective over minibatches
         b_inds = np.arange(args.batch_size)
@@ -909,6 +915,10 @@ if __name__ == "__main__":
                     new_q, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
                     q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
                     v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
+
+                if os.environ.get("P3O_ABASE") == "1":
+                    new_b = agent.critic_b(agent.features(b_obs[mb_inds])[1]).squeeze(-1)
+                    v_loss = v_loss + 0.5 * ((new_b - b_raw[mb_inds]) ** 2).mean()
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef

@@ -347,3 +347,116 @@ def test_training_script_runs_on_the_env(tmp_path, script):
     returns = [e.value for e in events.Scalars("charts/episodic_return")]
     assert len(returns) >= 2  # 45-step episodes: 2 envs x 64 steps finish at least 2
     assert all(0 <= r <= th.optimal_return(**th.variant_params(10)) for r in returns)
+
+
+# --- scripts/two_horizons_signal.py: the exact signal and noise of a sampled advantage ---------------
+
+from scripts import two_horizons_signal as signal  # noqa: E402
+
+
+def brute_force_signal_and_noise(params, policy, horizon, gamma, eps, lam=None):
+    """Every action sequence of a small episode, played in the env itself, with its probability under
+    the policy; then, per visited (step, observation), the window return's mean and variance after
+    each action, aggregated as the script does (each step alike, states by their probability). With
+    lam: the lambda-return to the end, its critic the exact value of each (step, observation)."""
+    env = TwoHorizons(**params)
+    L, D = env.episode_length, env.far_delay
+    episodes = []
+    for actions in itertools.product((COLLECT, INVEST), repeat=L):
+        obs, _ = env.reset(seed=0)
+        prob, observations, rewards = 1.0, [], []
+        for t, a in enumerate(actions):
+            progress = env._progress
+            can_complete = D - progress <= L - t
+            p_invest = 0.5 if policy == "random" else (1 - eps / 2 if can_complete else eps / 2)
+            prob *= p_invest if a == INVEST else 1 - p_invest
+            observations.append(obs.tobytes())
+            obs, r, *_ = env.step(a)
+            rewards.append(r)
+        episodes.append((actions, prob, observations, rewards))
+    value = {}  # (t, obs) -> [prob, sum prob * return to the end]
+    for _, prob, observations, rewards in episodes:
+        for t in range(L):
+            v = value.setdefault((t, observations[t]), [0.0, 0.0])
+            v[0] += prob
+            v[1] += prob * sum(rewards[t:])
+    stats = {}  # (t, obs bytes) -> {action: [prob, sum prob * G, sum prob * G^2]}
+    for actions, prob, observations, rewards in episodes:
+        lam_return = [0.0] * (L + 1)
+        for t in reversed(range(L)):
+            v_next = 0.0 if t + 1 == L else value[t + 1, observations[t + 1]][1] / value[t + 1, observations[t + 1]][0]
+            lam_return[t] = rewards[t] + (1 - lam) * v_next + lam * lam_return[t + 1] if lam is not None else 0.0
+        for t, a in enumerate(actions):
+            window = rewards[t:min(t + horizon, L)]
+            G = sum(gamma**j * r for j, r in enumerate(window)) if lam is None else lam_return[t]
+            entry = stats.setdefault((t, observations[t]), {COLLECT: [0.0, 0.0, 0.0], INVEST: [0.0, 0.0, 0.0]})[a]
+            entry[0] += prob
+            entry[1] += prob * G
+            entry[2] += prob * G * G
+    mean = rms2 = noise2 = 0.0
+    for (t, _), by_action in stats.items():
+        p_state = by_action[COLLECT][0] + by_action[INVEST][0]
+        m = {a: v[1] / v[0] for a, v in by_action.items()}
+        var = {a: max(0.0, v[2] / v[0] - m[a] ** 2) for a, v in by_action.items()}  # (rounding)
+        pi = {a: v[0] / p_state for a, v in by_action.items()}
+        s = m[INVEST] - m[COLLECT]
+        mean += p_state * s / L
+        rms2 += p_state * s * s / L
+        noise2 += p_state * (pi[INVEST] * var[INVEST] + pi[COLLECT] * var[COLLECT]) / L
+    return mean, math.sqrt(rms2), math.sqrt(noise2)
+
+
+@pytest.mark.parametrize("policy", ["random", "optimal"])
+@pytest.mark.parametrize("horizon,gamma", [(1, 1.0), (3, 1.0), (5, 1.0), (20, 1.0), (20, 0.9)])
+def test_signal_and_noise_match_every_action_sequence(policy, horizon, gamma):
+    # 2^9 sequences of a 9-step episode with two far cycles and a near delay of 2: windows shorter
+    # than, equal to and longer than the episode, discounted and not, both policies
+    params = dict(near_delay=2, far_delay=3, far_reward=5.0, episode_length=9)
+    got = signal.signal_and_noise(params, policy, horizon, gamma, eps=0.3)
+    want = brute_force_signal_and_noise(params, policy, horizon, gamma, eps=0.3)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-6)  # (a square root of rounding: up to 1e-8)
+    # one step: no later action, no noise; longer windows: the later actions add some
+    assert (got[2] == 0) if horizon == 1 else (got[2] > 0)
+
+
+@pytest.mark.parametrize("far_delay", [10, 30, 100])
+def test_whole_episode_signal_is_the_exact_invest_advantage(far_delay):
+    # an independent route: with a window covering the episode and uniformly random later actions,
+    # the mean signal is mean_invest_advantage(0.5) (+0.93 / +0.62 / -0.58 for D = 10 / 30 / 100)
+    params = th.variant_params(far_delay)
+    mean, rms, noise = signal.signal_and_noise(params, "random", horizon=10**6, gamma=1.0)
+    assert mean == pytest.approx(th.mean_invest_advantage(0.5, **params)[0], rel=1e-9)
+    assert rms >= abs(mean) and noise > 0
+
+
+@pytest.mark.parametrize("policy", ["random", "optimal"])
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_lambda_return_with_an_exact_critic_matches_every_action_sequence(policy, lam):
+    params = dict(near_delay=2, far_delay=3, far_reward=5.0, episode_length=9)
+    got = signal.signal_and_noise(params, policy, eps=0.3, lam=lam)
+    assert got == pytest.approx(brute_force_signal_and_noise(params, policy, 9, 1.0, 0.3, lam=lam), rel=1e-9, abs=1e-6)
+    whole_episode = signal.signal_and_noise(params, policy, horizon=9, gamma=1.0, eps=0.3)
+    assert got[:2] == pytest.approx(whole_episode[:2], rel=1e-12)  # an exact critic: the same signal
+    if lam == 0:  # r_t + V(s_{t+1}): the task is deterministic, so no noise at all
+        assert got[2] == pytest.approx(0.0, abs=1e-6)
+    elif lam == 1:  # the return itself
+        assert got[2] == pytest.approx(whole_episode[2], rel=1e-9)
+    else:  # in between: less noise than the return's
+        assert 0 < got[2] < whole_episode[2]
+
+
+def test_signal_and_noise_reject_an_unknown_policy():
+    with pytest.raises(ValueError, match="policy must be"):
+        signal.signal_and_noise(th.variant_params(10), "greedy", 32)
+
+
+def test_signal_script_prints_the_table_and_rejects_bad_input():
+    script = [sys.executable, str(ROOT / "scripts" / "two_horizons_signal.py")]
+    out = subprocess.run(script + ["--far-delay", "10", "--horizons", "8", "64"], capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| uniformly random")]
+    assert [r[1].strip() for r in rows] == ["H = 8", "H = 64 (the whole episode)", "the whole episode, lambda 0.97, exact critic", "gamma 0.99, to the end"]
+    whole = th.mean_invest_advantage(0.5, **th.variant_params(10))[0]
+    assert float(rows[1][2]) == pytest.approx(whole, abs=5e-4) and float(rows[2][2]) == pytest.approx(whole, abs=5e-4)
+    for bad_args in (["--gamma", "2"], ["--far-delay", "0"], ["--horizons", "0"]):
+        bad = subprocess.run(script + bad_args, capture_output=True, text=True)
+        assert bad.returncode == 2 and "need far-delay and horizons >= 1" in bad.stderr, bad_args

@@ -409,7 +409,7 @@ def brute_force_signal_and_noise(params, policy, horizon, gamma, eps, lam=None):
 @pytest.mark.parametrize("policy", ["random", "optimal"])
 @pytest.mark.parametrize("horizon,gamma", [(1, 1.0), (3, 1.0), (5, 1.0), (20, 1.0), (20, 0.9)])
 def test_signal_and_noise_match_every_action_sequence(policy, horizon, gamma):
-    # 2^9 sequences of a 9-step episode with two far cycles and a near delay of 2: windows shorter
+    # 2^9 sequences of a 9-step episode (up to three far cycles, a near delay of 2): windows shorter
     # than, equal to and longer than the episode, discounted and not, both policies
     params = dict(near_delay=2, far_delay=3, far_reward=5.0, episode_length=9)
     got = signal.signal_and_noise(params, policy, horizon, gamma, eps=0.3)

@@ -59,7 +59,7 @@ def window_moments(pinv, trans, D, d, L, h, gamma):
     every (t, progress, queue), after each first action: dict a -> (m1, m2), arrays [L, D, 2^d]."""
     m1 = np.zeros((L + 1, D, 2**d))  # h' = 0 remaining steps: nothing
     m2 = np.zeros_like(m1)
-    first = {}
+    pi = pinv[:, :, None]
     for remaining in range(1, h + 1):
         q_moments = {}
         for a in (COLLECT, INVEST):
@@ -67,11 +67,9 @@ def window_moments(pinv, trans, D, d, L, h, gamma):
             n1, n2 = m1[1:, p_next, q_next], m2[1:, p_next, q_next]  # [L, D, 2^d], from step t + 1
             q_moments[a] = (r + gamma * n1, r**2 + 2 * gamma * r * n1 + gamma**2 * n2)
         if remaining == h:
-            first = q_moments
-        pi = pinv[:, :, None]
-        m1 = np.concatenate([pi * q_moments[INVEST][0] + (1 - pi) * q_moments[COLLECT][0], np.zeros((1, D, 2**d))])
-        m2 = np.concatenate([pi * q_moments[INVEST][1] + (1 - pi) * q_moments[COLLECT][1], np.zeros((1, D, 2**d))])
-    return first
+            return q_moments
+        m1[:L] = pi * q_moments[INVEST][0] + (1 - pi) * q_moments[COLLECT][0]  # (m1[L], after the end, stays 0)
+        m2[:L] = pi * q_moments[INVEST][1] + (1 - pi) * q_moments[COLLECT][1]
 
 
 def lambda_return_moments(pinv, trans, D, d, L, lam):

@@ -411,7 +411,8 @@ class Agent(nn.Module):
         self.critic = layer_init(nn.Linear(hidden, self.horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = args.state_sigma
         if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
-            self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
+            self.members = int(os.environ.get("P3O_GATE", "1"))  # PROTOTYPE: P3O_GATE=M, an ensemble of M q heads
+            self.critic_q = layer_init(nn.Linear(hidden, self.members * self.horizon * self.n_actions), std=0.01)
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
@@ -441,6 +442,13 @@ class Agent(nn.Module):
         action taken, and tau2[k] = sum_a pi(a) (q[k, a] - qbar[k])^2, what the choice of action explains."""
         hidden, critic_hidden = self.features(x)
         probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
+        if self.members > 1:  # PROTOTYPE P3O_GATE: q_taken per member [batch, M, H]; tau2 = (signal, spread) [batch, 2, H]
+            q = self.critic_q(critic_hidden).view(-1, self.members, self.horizon, self.n_actions)  # [batch, M, H, A]
+            effect = q - (probs[:, None] * q).sum(-1, keepdim=True)  # d_m[k, a] = q_m[k, a] - sum_b pi(b) q_m[k, b]
+            signal = (probs * effect.mean(1) ** 2).sum(-1)  # sum_a pi(a) dbar[k, a]^2, [batch, H]
+            spread = (probs * effect.var(1) ** 1).sum(-1)  # sum_a pi(a) Var_m d_m[k, a]
+            q_taken = q.gather(-1, action.view(-1, 1, 1, 1).expand(-1, self.members, self.horizon, 1)).squeeze(-1)
+            return q_taken, torch.stack([signal, spread], 1)
         q = self.critic_q(critic_hidden).view(-1, self.horizon, self.n_actions)  # [batch, H, A]
         q_mean = (probs * q).sum(-1, keepdim=True)
         tau2 = (probs * (q - q_mean) ** 2).sum(-1)
@@ -549,6 +557,20 @@ def action_weight(tau2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
     explained = (tau2 * measured[None, :, None]).sum(1, keepdim=True)  # [T, 1, N]
     gate = explained / (explained + s2[measured].sum()).clamp(min=1e-12)
     return gate * measured[None, :, None]  # [T, 1, N] x [1, H, 1]: a new contiguous [T, H, N]
+
+
+def reliability_gate(signal: torch.Tensor, spread: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """PROTOTYPE (P3O_GATE=M): weight [T, H, N], one gate per row, the same for every measured k:
+        g_t = max(0, 1 - sum_k spread[t, k] / sum_k signal[t, k])
+    signal = sum_a pi(a) dbar[k, a]^2 with dbar the ensemble's mean action effect, spread = sum_a pi(a) Var_m d_m[k, a]
+    the members' disagreement (bootstrap masks: about the variance of dbar). (signal - spread) estimates the effect's
+    true size, so g_t is the share of the estimated effect that is not estimation noise: ~1 for any real effect,
+    however small, ~0 where the action changes nothing. It does not rank rows by how large the effect is."""
+    measured = torch.isfinite(s2)[None, :, None]
+    signal_sum = (signal * measured).sum(1, keepdim=True)
+    spread_sum = (spread * measured).sum(1, keepdim=True)
+    gate = (1 - spread_sum / signal_sum.clamp(min=1e-12)).clamp(min=0)
+    return gate * measured
 
 
 def complete_rows(terminations: torch.Tensor, truncations: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -791,6 +813,8 @@ if __name__ == "__main__":
     log_sigmas = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
     q_taken = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # --weight-rule action
     tau2s = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
+    GATE = int(os.environ.get("P3O_GATE", "1"))  # PROTOTYPE
+    spreads = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # PROTOTYPE P3O_GATE
 
     start_iteration, global_step = 0, 0
     recent_scores = deque(maxlen=20)
@@ -822,7 +846,10 @@ if __name__ == "__main__":
                 log_sigmas[step] = log_sigma.T
                 if args.weight_rule == "action":
                     q, tau2 = agent.action_effect(next_obs, action)
-                    q_taken[step], tau2s[step] = q.T, tau2.T
+                    if GATE > 1:  # PROTOTYPE: mean over members; signal and spread
+                        q_taken[step], tau2s[step], spreads[step] = q.mean(1).T, tau2[:, 0].T, tau2[:, 1].T
+                    else:
+                        q_taken[step], tau2s[step] = q.T, tau2.T
             actions[step] = action
             logprobs[step] = logprob
 
@@ -853,7 +880,7 @@ if __name__ == "__main__":
                 weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
-                weight = action_weight(tau2s, s2)
+                weight = action_weight(tau2s, s2) if GATE == 1 else reliability_gate(tau2s, spreads, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
             normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
@@ -870,6 +897,7 @@ if __name__ == "__main__":
         b_targets = targets.permute(0, 2, 1).reshape(-1, args.horizon)  # [T*N, H]: y_{t+k}
         b_known = known.permute(0, 2, 1).reshape(-1, args.horizon)
         b_mus = mus.permute(0, 2, 1).reshape(-1, args.horizon)
+        b_masks = (torch.rand((args.batch_size, GATE), device=device) < 0.5).float()  # PROTOTYPE P3O_GATE: bootstrap halves
 
         # Update: clipped PPO objective over minibatches
         b_inds = np.arange(args.batch_size)
@@ -905,8 +933,13 @@ if __name__ == "__main__":
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
                 if args.weight_rule == "action":  # q[k, a_t] fit by squared error to the same targets
                     new_q, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
-                    q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
-                    v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
+                    if GATE > 1:  # PROTOTYPE: member m learns from its bootstrap half of the rows
+                        q_loss = 0.5 * (b_targets[mb_inds][:, None] - new_q) ** 2 * b_masks[mb_inds][:, :, None]  # [mb, M, H]
+                        known_m = b_known[mb_inds][:, None] * b_masks[mb_inds][:, :, None]
+                        v_loss = v_loss + (q_loss * known_m).sum() / known_m.sum().clamp(min=1)
+                    else:
+                        q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
+                        v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef

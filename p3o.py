@@ -413,6 +413,16 @@ class Agent(nn.Module):
         if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
             self.members = int(os.environ.get("P3O_GATE", "1"))  # PROTOTYPE: P3O_GATE=M, an ensemble of M q heads
             self.critic_q = layer_init(nn.Linear(hidden, self.members * self.horizon * self.n_actions), std=0.01)
+            self.own_torsos = os.environ.get("P3O_GATE_TORSO") == "1" and self.obs_kind == "flat"  # PROTOTYPE: a torso per member
+            if self.own_torsos:  # M two-layer MLPs and heads as batched weights [M, in, out], each member initialized as layer_init
+                def stacked(n_in, n_out, std):
+                    return nn.Parameter(torch.stack([layer_init(nn.Linear(n_in, n_out), std=std).weight.data.T for _ in range(self.members)]))
+                n_obs = int(np.prod(obs_shape))
+                self.q_w1, self.q_w2 = stacked(n_obs, args.mlp_width, np.sqrt(2)), stacked(args.mlp_width, args.mlp_width, np.sqrt(2))
+                self.q_w3 = stacked(args.mlp_width, self.horizon * self.n_actions, 0.01)
+                self.q_b1, self.q_b2 = nn.Parameter(torch.zeros(self.members, 1, args.mlp_width)), nn.Parameter(torch.zeros(self.members, 1, args.mlp_width))
+                self.q_b3 = nn.Parameter(torch.zeros(self.members, 1, self.horizon * self.n_actions))
+                self.q_act = activation()
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
@@ -443,7 +453,13 @@ class Agent(nn.Module):
         hidden, critic_hidden = self.features(x)
         probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
         if self.members > 1:  # PROTOTYPE P3O_GATE: q_taken per member [batch, M, H]; tau2 = (signal, spread) [batch, 2, H]
-            q = self.critic_q(critic_hidden).view(-1, self.members, self.horizon, self.n_actions)  # [batch, M, H, A]
+            if self.own_torsos:
+                flat_x = x.float().flatten(1)[None].expand(self.members, -1, -1)  # [M, batch, obs]
+                h = self.q_act(torch.baddbmm(self.q_b1, flat_x, self.q_w1))
+                h = self.q_act(torch.baddbmm(self.q_b2, h, self.q_w2))
+                q = torch.baddbmm(self.q_b3, h, self.q_w3).transpose(0, 1).reshape(-1, self.members, self.horizon, self.n_actions)
+            else:
+                q = self.critic_q(critic_hidden).view(-1, self.members, self.horizon, self.n_actions)  # [batch, M, H, A]
             effect = q - (probs[:, None] * q).sum(-1, keepdim=True)  # d_m[k, a] = q_m[k, a] - sum_b pi(b) q_m[k, b]
             signal = (probs * effect.mean(1) ** 2).sum(-1)  # sum_a pi(a) dbar[k, a]^2, [batch, H]
             spread = (probs * effect.var(1) ** 1).sum(-1)  # sum_a pi(a) Var_m d_m[k, a]

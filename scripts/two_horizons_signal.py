@@ -56,7 +56,7 @@ def transitions(d, D, R):
 
 def window_moments(pinv, trans, D, d, L, h, gamma):
     """First and second moments of sum_{j<h} gamma^j r_{t+j} (stopped at the episode's end), from
-    every (t, progress, queue), after each first action: dict a -> (m1, m2), arrays [L, D, 2^d]."""
+    every (t, progress, queue), after each first action: dict a -> (m1, m2), arrays [L, D, 2^d]; h >= 1."""
     m1 = np.zeros((L + 1, D, 2**d))  # h' = 0 remaining steps: nothing
     m2 = np.zeros_like(m1)
     pi = pinv[:, :, None]
@@ -109,6 +109,8 @@ def signal_and_noise(params, policy="random", horizon=32, gamma=1.0, eps=0.1, la
     unused)."""
     if policy not in ("random", "optimal"):
         raise ValueError(f"policy must be 'random' or 'optimal', got {policy!r}")
+    if lam is None and horizon < 1:
+        raise ValueError(f"horizon must be at least 1, got {horizon}")
     d, D, R, L = resolve_params(**params)
     pinv = invest_prob_table(policy, D, L, eps)
     trans = transitions(d, D, R)

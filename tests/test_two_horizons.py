@@ -445,9 +445,11 @@ def test_lambda_return_with_an_exact_critic_matches_every_action_sequence(policy
         assert 0 < got[2] < whole_episode[2]
 
 
-def test_signal_and_noise_reject_an_unknown_policy():
+def test_signal_and_noise_reject_an_unknown_policy_and_an_empty_window():
     with pytest.raises(ValueError, match="policy must be"):
         signal.signal_and_noise(th.variant_params(10), "greedy", 32)
+    with pytest.raises(ValueError, match="horizon must be at least 1, got 0"):
+        signal.signal_and_noise(th.variant_params(10), "random", 0)
 
 
 def test_signal_script_prints_the_table_and_rejects_bad_input():

@@ -118,12 +118,6 @@ class Args:
     `action` (experimental), the share of row t's surprise that its action
     explains, the same for every k, from an action-conditional head q[k, a]; only rows that see their whole
     horizon inside the rollout enter the policy loss, so it needs H <= num_steps / 2 (docs/p3o.md)"""
-    q_members: int = 1
-    """`--weight-rule action` only: M, the number of action-conditional heads q[k, a]. 1: one head on the critic's
-    torso, and row t's share is g_t = tau2 / (tau2 + s2), how much of its surprise the action explains. M >= 2
-    (experimental, flat observations only): M heads, each with its own two-layer MLP and fit on its own random
-    half of the rows, and g_t = max(0, 1 - spread / signal), how reliably their mean action effect differs from
-    none: it gates a row by whether its action changed anything, without ranking rows by how much (docs/p3o.md)"""
     normalization: Literal["sum", "max"] = "sum"
     """`--weight-rule precision`: how each row's weights are normalized: `sum` (they sum to 1) or `max` (the
     largest is 1); the other rules' weights are shares already"""
@@ -200,13 +194,6 @@ def check_args(args: Args) -> None:
         errors.append(f"--chance-coef ({args.chance_coef:g}) is a term of --weight-rule precision; --weight-rule cumulative has none: use 0")
     if args.weight_rule == "cumulative" and args.surprise_lambda != 1:
         errors.append(f"--weight-rule cumulative weighs the observed surprise; --surprise-lambda {args.surprise_lambda:g} needs --weight-rule precision")
-    if args.q_members < 1:
-        errors.append(f"--q-members must be at least 1, got {args.q_members}")
-    if args.q_members > 1 and args.weight_rule != "action":
-        errors.append(f"--q-members {args.q_members} sets how many heads measure the action's effect: it needs --weight-rule action")
-    if args.q_members > 1 and resolve_env_id(args.env_id)[0] != "gym":
-        errors.append(f"--q-members {args.q_members} gives each head its own MLP, for flat observations; "
-                      f"{args.env_id} has images: use --q-members 1")
     if args.weight_rule == "action" and args.advantage_sigma != "rollout":
         errors.append("--weight-rule action measures what the action leaves unexplained on the rollout: it needs --advantage-sigma rollout")
     if args.sigma_min_rows < 0:
@@ -423,20 +410,8 @@ class Agent(nn.Module):
         self.horizon, self.n_actions = args.horizon, envs.single_action_space.n
         self.critic = layer_init(nn.Linear(hidden, self.horizon), std=1)  # mu[k]: predicted r_{t+k}
         self.state_sigma = args.state_sigma
-        self.q_members = args.q_members if args.weight_rule == "action" else 0
-        if self.q_members == 1:  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
+        if args.weight_rule == "action":  # q[k, a]: predicted r_{t+k} after action a (--weight-rule action)
             self.critic_q = layer_init(nn.Linear(hidden, self.horizon * self.n_actions), std=0.01)
-        elif self.q_members > 1:  # M heads q_m[k, a], each with its own two-layer MLP: weights [M, in, out], biases [M, 1, out]
-            if self.obs_kind != "flat":
-                sys.exit(f"error: --q-members {args.q_members} needs flat observations (each head is an MLP); use --q-members 1")
-            def stacked(n_in, n_out, std):  # M layers, each initialized as layer_init does one
-                weights = [layer_init(nn.Linear(n_in, n_out), std=std).weight.data.T for _ in range(self.q_members)]
-                return nn.Parameter(torch.stack(weights)), nn.Parameter(torch.zeros(self.q_members, 1, n_out))
-            width, outputs = args.mlp_width, self.horizon * self.n_actions
-            self.q_w1, self.q_b1 = stacked(int(np.prod(obs_shape)), width, np.sqrt(2))
-            self.q_w2, self.q_b2 = stacked(width, width, np.sqrt(2))
-            self.q_w3, self.q_b3 = stacked(width, outputs, 0.01)
-            self.q_activation = nn.Tanh() if args.mlp_activation == "tanh" else nn.ReLU()
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
@@ -462,25 +437,15 @@ class Agent(nn.Module):
         return self.critic(self.features(x)[1])
 
     def action_effect(self, x, action):
-        """(q_taken [batch, M, H], signal [batch, H], spread [batch, H]) for M heads q_m[k, a], the predicted r_{t+k}
-        after action a: q_m[k, a_t] for the action taken, and with d_m[k, a] = q_m[k, a] - sum_b pi(b) q_m[k, b] (head
-        m's effect of a) and dbar their mean over the heads,
-            signal[k] = sum_a pi(a) dbar[k, a]^2          (M = 1: tau2[k], what the choice of action explains)
-            spread[k] = sum_a pi(a) Var_m d_m[k, a]       (the heads' disagreement; 0 for M = 1)"""
+        """(q_taken, tau2), each [batch, H]: q[k, a_t], the action-conditional prediction of r_{t+k} for the
+        action taken, and tau2[k] = sum_a pi(a) (q[k, a] - qbar[k])^2, what the choice of action explains."""
         hidden, critic_hidden = self.features(x)
-        probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, None, :]  # [batch, 1, 1, A]
-        if self.q_members == 1:
-            q = self.critic_q(critic_hidden).view(-1, 1, self.horizon, self.n_actions)  # [batch, M, H, A]
-        else:  # each head's own MLP on the flat observation, all M at once
-            h = x.float().flatten(1).expand(self.q_members, -1, -1)  # [M, batch, obs]
-            h = self.q_activation(torch.baddbmm(self.q_b1, h, self.q_w1))
-            h = self.q_activation(torch.baddbmm(self.q_b2, h, self.q_w2))
-            q = torch.baddbmm(self.q_b3, h, self.q_w3).transpose(0, 1).reshape(-1, self.q_members, self.horizon, self.n_actions)
-        effect = q - (probs * q).sum(-1, keepdim=True)  # d_m[k, a]
-        signal = (probs[:, 0] * effect.mean(1) ** 2).sum(-1)
-        spread = (probs[:, 0] * effect.var(1)).sum(-1) if self.q_members > 1 else torch.zeros_like(signal)
-        q_taken = q.gather(-1, action.view(-1, 1, 1, 1).expand(-1, self.q_members, self.horizon, 1)).squeeze(-1)
-        return q_taken, signal, spread
+        probs = torch.softmax(self.actor(hidden), -1).detach()[:, None, :]  # [batch, 1, A]
+        q = self.critic_q(critic_hidden).view(-1, self.horizon, self.n_actions)  # [batch, H, A]
+        q_mean = (probs * q).sum(-1, keepdim=True)
+        tau2 = (probs * (q - q_mean) ** 2).sum(-1)
+        q_taken = q.gather(-1, action.view(-1, 1, 1).expand(-1, self.horizon, 1)).squeeze(-1)
+        return q_taken, tau2
 
     def get_action_and_value(self, x, action=None):
         """action, log-probability, entropy, and the critic's Gaussian: mu and log_sigma, each [batch, H]."""
@@ -584,20 +549,6 @@ def action_weight(tau2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
     explained = (tau2 * measured[None, :, None]).sum(1, keepdim=True)  # [T, 1, N]
     gate = explained / (explained + s2[measured].sum()).clamp(min=1e-12)
     return gate * measured[None, :, None]  # [T, 1, N] x [1, H, 1]: a new contiguous [T, H, N]
-
-
-def reliability_gate(signal: torch.Tensor, spread: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-    """weight [T, H, N] for --weight-rule action with --q-members M >= 2: one share per row,
-        g_t = max(0, 1 - sum_k spread[t, k] / sum_k signal[t, k])   over the measured k (s2 finite),
-    the same g_t for every measured k of the row, 0 for the unmeasured ones. Each head learns from its own
-    random half of the rows, so the spread estimates how much of the mean effect's size (signal) is estimation
-    noise: g_t is near 1 for an effect the heads agree on, however small, and near 0 where the action
-    changes nothing (0 where the signal is 0). signal, spread: [T, H, N]; s2: [H], inf where k is unmeasured."""
-    measured = torch.isfinite(s2)[None, :, None]
-    signal_sum = (signal * measured).sum(1, keepdim=True)  # [T, 1, N]
-    spread_sum = (spread * measured).sum(1, keepdim=True)
-    gate = torch.where(signal_sum > 0, (1 - spread_sum / signal_sum.clamp(min=1e-30)).clamp(min=0), 0.0)
-    return gate * measured  # [T, 1, N] x [1, H, 1]: a new contiguous [T, H, N]
 
 
 def complete_rows(terminations: torch.Tensor, truncations: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -838,9 +789,8 @@ if __name__ == "__main__":
     truncations = torch.zeros((args.num_steps, args.num_envs)).to(device)
     mus = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # [T, H, N], env fastest
     log_sigmas = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
-    q_taken = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # --weight-rule action: mean over heads
-    signals = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # tau2 with one head
-    spreads = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
+    q_taken = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)  # --weight-rule action
+    tau2s = torch.zeros((args.num_steps, args.horizon, args.num_envs)).to(device)
 
     start_iteration, global_step = 0, 0
     recent_scores = deque(maxlen=20)
@@ -871,8 +821,8 @@ if __name__ == "__main__":
                 mus[step] = mu.T
                 log_sigmas[step] = log_sigma.T
                 if args.weight_rule == "action":
-                    q, signal, spread = agent.action_effect(next_obs, action)
-                    q_taken[step], signals[step], spreads[step] = q.mean(1).T, signal.T, spread.T
+                    q, tau2 = agent.action_effect(next_obs, action)
+                    q_taken[step], tau2s[step] = q.T, tau2.T
             actions[step] = action
             logprobs[step] = logprob
 
@@ -903,7 +853,7 @@ if __name__ == "__main__":
                 weight = cumulative_weight(kernels, rewards, terminations, truncations, mus, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
             else:  # s[k]^2: what the action leaves unexplained, measured like sigma[k]^2 but around q[k, a_t]
                 s2 = rollout_sigma2(kernels, rewards, terminations, truncations, q_taken, mu_next, args.sigma_min_rows, args.sigma_prior_rows)
-                weight = action_weight(signals, s2) if args.q_members == 1 else reliability_gate(signals, spreads, s2)
+                weight = action_weight(tau2s, s2)
         advantages, targets, known = kernels.p3o_advantage(
             rewards, terminations, truncations, mus, mu_next, weight, args.normalization == "max",
             normalize=args.weight_rule == "precision", lam=args.surprise_lambda,
@@ -920,8 +870,6 @@ if __name__ == "__main__":
         b_targets = targets.permute(0, 2, 1).reshape(-1, args.horizon)  # [T*N, H]: y_{t+k}
         b_known = known.permute(0, 2, 1).reshape(-1, args.horizon)
         b_mus = mus.permute(0, 2, 1).reshape(-1, args.horizon)
-        if args.q_members > 1:  # each q head learns from its own random half of the rows, redrawn every update
-            b_halves = (torch.rand((args.batch_size, args.q_members), device=device) < 0.5).float()
 
         # Update: clipped PPO objective over minibatches
         b_inds = np.arange(args.batch_size)
@@ -956,10 +904,9 @@ if __name__ == "__main__":
                 nll = new_log_sigma + 0.5 * (b_targets[mb_inds] - new_mu) ** 2 * torch.exp(-2 * new_log_sigma)
                 v_loss = (nll * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
                 if args.weight_rule == "action":  # q[k, a_t] fit by squared error to the same targets
-                    new_q, _, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])  # [mb, M, H]
-                    q_loss = 0.5 * (b_targets[mb_inds][:, None] - new_q) ** 2
-                    q_known = b_known[mb_inds][:, None] * (b_halves[mb_inds][:, :, None] if args.q_members > 1 else 1)
-                    v_loss = v_loss + (q_loss * q_known).sum() / q_known.sum().clamp(min=1)
+                    new_q, _ = agent.action_effect(b_obs[mb_inds], b_actions[mb_inds])
+                    q_loss = 0.5 * (b_targets[mb_inds] - new_q) ** 2
+                    v_loss = v_loss + (q_loss * b_known[mb_inds]).sum() / b_known[mb_inds].sum().clamp(min=1)
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from p3o import action_weight, chance_level, complete_rows, cumulative_weight, precision_weight, reliability_gate, rollout_sigma2
+from p3o import action_weight, chance_level, complete_rows, cumulative_weight, precision_weight, rollout_sigma2
 from p3o_kernel_loader import load_kernels
 from reference import p3o_targets_reference
 
@@ -328,89 +328,6 @@ def test_action_weight_random_vs_loop(seed):
     s2 = torch.rand(4, generator=g)
     s2[3] = math.inf
     assert_close(action_weight(tau2, s2), action_weight_loop(tau2, s2))
-
-
-# --q-members M >= 2: reliability_gate (one share per row: how reliably the heads' mean action effect
-# differs from none) and the signal and spread that Agent.action_effect measures over the heads
-def reliability_gate_loop(signal, spread, s2):
-    """Slow reference: the formula of reliability_gate's docstring, one row at a time."""
-    T, H, N = signal.shape
-    weight = torch.zeros(T, H, N)
-    measured = [k for k in range(H) if math.isfinite(s2[k].item())]
-    for t in range(T):
-        for env in range(N):
-            total_signal = sum(signal[t, k, env].item() for k in measured)
-            total_spread = sum(spread[t, k, env].item() for k in measured)
-            share = max(0.0, 1 - total_spread / total_signal) if total_signal > 0 else 0.0
-            for k in measured:
-                weight[t, k, env] = share
-    return weight
-
-
-def test_reliability_gate_by_hand():
-    # One env, T = 3, H = 3, k = 2 unmeasured. Row 0: the heads agree on an effect (signal 0.3 + 0.1) and
-    # disagree by 0.05 + 0.05: share 1 - 0.1 / 0.4 = 0.75. Row 1: a tiny effect they agree on exactly gets the
-    # full share 1 however small it is. Row 2: their disagreement exceeds the mean effect: share 0.
-    # Whatever sits at the unmeasured k counts for nothing.
-    signal = torch.tensor([[[0.3], [0.1], [9.0]], [[1e-6], [0.0], [0.0]], [[0.01], [0.01], [0.0]]])
-    spread = torch.tensor([[[0.05], [0.05], [0.0]], [[0.0], [0.0], [9.0]], [[0.02], [0.01], [0.0]]])
-    s2 = torch.tensor([0.1, 0.1, math.inf])
-    expected = torch.tensor([[[0.75], [0.75], [0.0]], [[1.0], [1.0], [0.0]], [[0.0], [0.0], [0.0]]])
-    assert_close(reliability_gate(signal, spread, s2), expected)
-    assert reliability_gate(torch.zeros(1, 3, 1), torch.zeros(1, 3, 1), s2).abs().sum() == 0  # no effect at all: 0
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_reliability_gate_random_vs_loop(seed):
-    g = torch.Generator().manual_seed(seed)
-    signal = torch.rand(5, 4, 3, generator=g) * (torch.rand(5, 4, 3, generator=g) > 0.3)
-    spread = torch.rand(5, 4, 3, generator=g) * 0.5
-    s2 = torch.rand(4, generator=g)
-    s2[2] = math.inf
-    assert_close(reliability_gate(signal, spread, s2), reliability_gate_loop(signal, spread, s2))
-
-
-@pytest.mark.parametrize("members", [1, 3])
-def test_action_effect_signal_and_spread_against_each_head(members):
-    # Agent.action_effect against its docstring, head by head: with pi the policy and q_m[k, a] head m's
-    # prediction, d_m[k, a] = q_m[k, a] - sum_b pi(b) q_m[k, b]; signal = sum_a pi(a) (mean_m d_m)^2 and
-    # spread = sum_a pi(a) var_m d_m (unbiased; 0 with one head, where signal is --weight-rule action's tau2)
-    import gymnasium as gym
-    import p3o
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")])
-    agent = p3o.Agent(envs, p3o.Args(env_id="CartPole-v1", weight_rule="action", horizon=4, q_members=members))
-    envs.close()
-    g = torch.Generator().manual_seed(members)
-    for p in agent.parameters():  # larger weights than the init's, so that the heads' effects differ visibly
-        p.data = torch.randn(p.shape, generator=g) * 0.5
-    x, action = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 1, 0, 1, 0])
-    q_taken, signal, spread = agent.action_effect(x, action)
-    assert q_taken.shape == (6, members, 4) and signal.shape == spread.shape == (6, 4)
-    pi = torch.softmax(agent.actor(agent.network(x)), -1)
-    for m in range(members):
-        if members == 1:
-            q = agent.critic_q(agent.critic_network(x)).view(6, 4, 2)
-        else:  # head m's own MLP, written out
-            h = agent.q_activation(x @ agent.q_w1[m] + agent.q_b1[m])
-            h = agent.q_activation(h @ agent.q_w2[m] + agent.q_b2[m])
-            q = (h @ agent.q_w3[m] + agent.q_b3[m]).view(6, 4, 2)
-        for i in range(6):
-            assert_close(q_taken[i, m], q[i, :, action[i]])
-    for i in range(6):
-        for k in range(4):
-            heads = []
-            for m in range(members):
-                if members == 1:
-                    q = agent.critic_q(agent.critic_network(x[i : i + 1])).view(4, 2)
-                else:
-                    h = agent.q_activation(x[i] @ agent.q_w1[m] + agent.q_b1[m])
-                    h = agent.q_activation(h @ agent.q_w2[m] + agent.q_b2[m])
-                    q = (h @ agent.q_w3[m] + agent.q_b3[m]).view(4, 2)
-                heads.append([q[k, a] - sum(pi[i, b] * q[k, b] for b in range(2)) for a in range(2)])
-            mean = [sum(heads[m][a] for m in range(members)) / members for a in range(2)]
-            var = [sum((heads[m][a] - mean[a]) ** 2 for m in range(members)) / (members - 1) if members > 1 else 0.0 for a in range(2)]
-            assert signal[i, k].item() == pytest.approx(sum(pi[i, a].item() * mean[a].item() ** 2 for a in range(2)), rel=1e-5, abs=1e-7)
-            assert spread[i, k].item() == pytest.approx(sum(pi[i, a].item() * float(var[a]) for a in range(2)), rel=1e-5, abs=1e-7)
 
 
 def complete_rows_loop(terminations, truncations, horizon):

@@ -234,3 +234,25 @@ def test_experiment_plans_the_variant(flags, env_id):
 
     (run,) = plan_runs(parse_args(["--bonus", "3", "--seeds", "1", "--config", "p=p3o.py", *flags]))
     assert run.env_id == f"scripts.delayed_choice:{env_id}" and gym.make(env_id).unwrapped.bonus == 3
+
+
+def test_lambda_probe_row_sums(tmp_path):
+    # scripts/probe_lambda_delayed_choice.py on a one-update checkpoint: it checks its row sums against the
+    # kernel itself; here, at lambda 1 the row sum is the observed surprise sum_k (r_k - mu_0[k]) with mu_0 the
+    # same before every choice, so choices that pay 1.0 inside the horizon (delays 1, 3, 10) tie, and the bonus
+    # (1.1 at delay 30, H = 32) is exactly 0.1 above them
+    flags = ["--env-id", "scripts.delayed_choice:DelayedChoice-clock-bonus3-v0", "--num-envs", "2", "--num-steps", "64",
+             "--total-timesteps", "128", "--weight-rule", "action", "--surprise-lambda", "0.97", "--device", "cpu",
+             "--run-name", "probe"]  # fmt: skip
+    subprocess.run([sys.executable, str(ROOT / "p3o.py"), *flags], cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "probe_lambda_delayed_choice.py"), "runs/probe/checkpoint.pt", "--lambdas", "1", "0.97"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("choice")]
+    assert len(rows) == 5
+    at_one = [float(row.split("row sum at lambda 1: ")[1].split()[0]) for row in rows]
+    assert at_one[0] == pytest.approx(at_one[1], abs=2e-3) and at_one[0] == pytest.approx(at_one[2], abs=2e-3)
+    assert at_one[3] - at_one[0] == pytest.approx(0.1, abs=2e-3)
+    assert all("row sum at lambda 0.97: " in row for row in rows)

@@ -437,6 +437,13 @@ class Agent(nn.Module):
             self.q_w2, self.q_b2 = stacked(width, width, np.sqrt(2))
             self.q_w3, self.q_b3 = stacked(width, outputs, 0.01)
             self.q_activation = nn.Tanh() if args.mlp_activation == "tanh" else nn.ReLU()
+            # PROTOTYPE P3O_QPRIOR=beta: randomized prior functions (Osband et al. 2018): each head adds beta times a
+            # fixed random MLP of its own (never trained), so that the heads extrapolate differently where data is scarce
+            self.q_prior_scale = float(os.environ.get("P3O_QPRIOR", "0"))
+            if self.q_prior_scale > 0:
+                self.register_buffer("p_w1", stacked(int(np.prod(obs_shape)), width, np.sqrt(2))[0].data)
+                self.register_buffer("p_w2", stacked(width, width, np.sqrt(2))[0].data)
+                self.register_buffer("p_w3", stacked(width, outputs, 1.0)[0].data)
         if args.state_sigma:
             self.critic_log_sigma = layer_init(nn.Linear(hidden, self.horizon), std=0.01)
         else:
@@ -475,7 +482,12 @@ class Agent(nn.Module):
             h = x.float().flatten(1).expand(self.q_members, -1, -1)  # [M, batch, obs]
             h = self.q_activation(torch.baddbmm(self.q_b1, h, self.q_w1))
             h = self.q_activation(torch.baddbmm(self.q_b2, h, self.q_w2))
-            q = torch.baddbmm(self.q_b3, h, self.q_w3).transpose(0, 1).reshape(-1, self.q_members, self.horizon, self.n_actions)
+            q = torch.baddbmm(self.q_b3, h, self.q_w3)
+            if self.q_prior_scale > 0:  # PROTOTYPE: + beta * the head's fixed random prior
+                g = x.float().flatten(1).expand(self.q_members, -1, -1)
+                g = self.q_activation(torch.bmm(self.q_activation(torch.bmm(g, self.p_w1)), self.p_w2))
+                q = q + self.q_prior_scale * torch.bmm(g, self.p_w3)
+            q = q.transpose(0, 1).reshape(-1, self.q_members, self.horizon, self.n_actions)
         effect = q - (probs * q).sum(-1, keepdim=True)  # d_m[k, a]
         signal = (probs[:, 0] * effect.mean(1) ** 2).sum(-1)
         spread = (probs[:, 0] * effect.var(1)).sum(-1) if self.q_members > 1 else torch.zeros_like(signal)

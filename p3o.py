@@ -777,7 +777,16 @@ if __name__ == "__main__":
         )
 
     agent = Agent(envs, args).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    CRITIC_LR = float(os.environ.get("P3O_CRITIC_LR", "1"))  # PROTOTYPE: the critic's parameters learn at this multiple of the rate
+    if CRITIC_LR != 1:
+        assert not args.anneal_lr, "P3O_CRITIC_LR needs --no-anneal-lr"
+        critic_names = ("critic", "critic_network", "log_sigma", "critic_q", "critic_log_sigma")
+        critic_params = [p for n, p in agent.named_parameters() if n.split(".")[0] in critic_names]
+        other_params = [p for n, p in agent.named_parameters() if n.split(".")[0] not in critic_names]
+        assert agent.obs_kind == "flat", "P3O_CRITIC_LR: flat observations (separate torsos) only"
+        optimizer = optim.Adam([{"params": other_params}, {"params": critic_params, "lr": CRITIC_LR * args.learning_rate}], lr=args.learning_rate, eps=1e-5)
+    else:
+        optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     warned = False  # about an entropy collapse
 
     # Rollout storage, [T, N, ...]: the flags say that the step taken at t ended the episode

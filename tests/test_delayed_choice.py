@@ -237,9 +237,8 @@ def test_experiment_plans_the_variant(flags, env_id):
 
 
 def test_lambda_probe_row_sums(tmp_path):
-    # scripts/probe_lambda_delayed_choice.py on a one-update checkpoint: it checks its row sums against the
-    # kernel itself; here, at lambda 1 the row sum is the observed surprise sum_k (r_k - mu_0[k]) with mu_0 the
-    # same before every choice, so choices that pay 1.0 inside the horizon (delays 1, 3, 10) tie, and the bonus
+    # scripts/probe_lambda_delayed_choice.py on a one-update checkpoint: at lambda 1 the row sum is the observed
+    # surprise sum_k (r_k - mu_0[k]) with mu_0 the same before every choice, so choices that pay 1.0 inside the horizon (delays 1, 3, 10) tie, and the bonus
     # (1.1 at delay 30, H = 32) is exactly 0.1 above them
     flags = ["--env-id", "scripts.delayed_choice:DelayedChoice-clock-bonus3-v0", "--num-envs", "2", "--num-steps", "64",
              "--total-timesteps", "128", "--weight-rule", "action", "--surprise-lambda", "0.97", "--device", "cpu",

@@ -5,12 +5,14 @@ first step, action 0 after it; later actions change nothing) and print, per choi
 
     pi         the policy's probability of the choice at the first step
     mu_1[d-1]  the critic's prediction, one step after the choice, of the reward the choice pays at its delay d
+    q_0[d]     (checkpoints of --weight-rule action only) the action-conditional head's prediction, at the
+               choice itself, of the same reward after this choice: q_0[d, choice]
     row sum    sum_k e_0[k] over row 0's H offsets, the lambda-surprise of p3o.py's --surprise-lambda
                (lambda 1: the observed surprise r_k - mu_0[k]), i.e. --weight-rule action's advantage of the
                choice before its row share (the same for every choice in a state where the action matters)
 
 The row sums are the kernel's (p3o_kernel.cu, tested against tests/reference.py) on the episode seen as
-one env's rollout. Used in docs/long_horizons.md, section 17:
+one env's rollout. Used in docs/long_horizons.md, sections 17 and 18:
 
     python scripts/probe_lambda_delayed_choice.py runs/NAME/checkpoint.pt [--lambdas 1 0.97]
 """
@@ -55,6 +57,7 @@ def main():
             x = torch.as_tensor(np.array(observations), dtype=torch.float32)
             mus = agent.get_value(x)  # [T + 1, H]
             pi = torch.softmax(agent.actor(agent.features(x[:1])[0]), -1)[0, choice].item()
+            q_0 = agent.action_effect(x[:1], torch.tensor([choice]))[0][0] if args.weight_rule == "action" else None
         T = len(rewards)
         sums = []
         for lam in args_cli.lambdas:  # the episode as one env's rollout: weight 1 at every k, not normalized
@@ -65,6 +68,8 @@ def main():
             )  # fmt: skip
             sums.append(advantages[0, 0].item())
         ahead = f"{mus[1, delay - 1].item():6.3f}" if delay - 1 < args.horizon else "   n/a"
+        if q_0 is not None:
+            ahead += f"  q_0[d] {q_0[delay].item():6.3f}" if delay < args.horizon else "  q_0[d]    n/a"
         print(f"choice {choice} (delay {delay:3d}, pays {sum(rewards):.2f}): pi {pi:.3f}  mu_1[d-1] {ahead}  "
               + "  ".join(f"row sum at lambda {lam:g}: {s:+.3f}" for lam, s in zip(args_cli.lambdas, sums)))
 

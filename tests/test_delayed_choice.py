@@ -10,12 +10,14 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import p3o  # noqa: E402
 import scripts.delayed_choice as dc  # noqa: E402  (registers the ids)
 from test_compare import kill_session, read  # noqa: E402  (ray_env: the fixture in conftest.py)
 from test_two_horizons import in_step  # noqa: E402
@@ -255,3 +257,19 @@ def test_lambda_probe_row_sums(tmp_path):
     assert at_one[0] == pytest.approx(at_one[1], abs=2e-3) and at_one[0] == pytest.approx(at_one[2], abs=2e-3)
     assert at_one[3] - at_one[0] == pytest.approx(0.1, abs=2e-3)
     assert all("row sum at lambda 0.97: " in row for row in rows)
+    # q_0[d]: the action head at the first step, offset d (the reward returned by step d), for the choice made
+    checkpoint = torch.load(tmp_path / "runs/probe/checkpoint.pt", weights_only=True)
+    bias = checkpoint["model"]["critic_q.bias"].view(32, 5)  # [H, A]; the first observation is the same for every choice
+    weight = checkpoint["model"]["critic_q.weight"].view(32, 5, -1)
+    args = p3o.saved_args(checkpoint)
+    envs = p3o.make_envs(args)
+    agent = p3o.Agent(envs, args)
+    agent.load_state_dict(checkpoint["model"])
+    envs.close()
+    obs, _ = gym.make("DelayedChoice-clock-bonus3-v0").reset(seed=0)
+    with torch.no_grad():
+        hidden = agent.features(torch.as_tensor(obs[None]))[1][0]
+    for choice, (row, delay) in enumerate(zip(rows, (1, 3, 10, 30))):
+        expected = (weight[delay, choice] @ hidden + bias[delay, choice]).item()
+        assert float(row.split("q_0[d] ")[1].split()[0]) == pytest.approx(expected, abs=1e-3)
+    assert "q_0[d]    n/a" in rows[4]  # delay 100 lies beyond H = 32

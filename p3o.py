@@ -861,6 +861,17 @@ if __name__ == "__main__":
 
         # --weight-rule action: the policy learns only from rows that see their whole horizon (no bootstrap)
         b_used = complete_rows(terminations, truncations, args.horizon).reshape(-1) if args.weight_rule == "action" else None
+        if os.environ.get("P3O_QBOOT") and args.weight_rule == "action":  # prototype: bootstrap from the action head
+            #   e_t[k] = (q_t[k, a_t] - mu_t[k]) + c^k (y_{t+k} - q_t[k, a_t]),  c = P3O_QBOOT
+            discount = float(os.environ["P3O_QBOOT"]) ** torch.arange(args.horizon, device=device, dtype=torch.float32)
+            e_q = (q_taken - mus) + discount[None, :, None] * (targets - q_taken)
+            advantages_q = (weight * e_q * known).sum(1)
+            if iteration == 1:
+                rows = complete_rows(terminations, truncations, args.horizon)
+                print(f"P3O_QBOOT check: c = 1 would equal the kernel's lambda-1 advantage on complete rows: "
+                      f"max |(weight * (y - mu) * known).sum - kernel| = {((weight * (targets - mus) * known).sum(1) - advantages)[rows].abs().max().item():.2e}"
+                      if args.surprise_lambda == 1 else "")
+            advantages = advantages_q
 
         # Flatten the batch
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)

@@ -709,6 +709,8 @@ if __name__ == "__main__":
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                if os.environ.get("P3O_FREEZE_ACTOR"):  # prototype: the critic alone learns, the policy stays at its start
+                    loss = v_loss * args.vf_coef
 
                 optimizer.zero_grad()
                 loss.backward()
